@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 from typing import Iterator, List, Optional
 
 import click
@@ -20,7 +21,8 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, UnmixError
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, UnmixError
+from .errors import UsageError as UsageErrorCls
 
 # The command run when the first argument is not a sub-command: `unmix song.mp3`.
 DEFAULT_COMMAND = "separate"
@@ -113,6 +115,310 @@ def handle_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+# --------------------------------------------------------------------------- unmix INPUT...
+
+_FORMAT_CHOICES = ["wav", "flac", "mp3", "opus", "m4a"]
+
+
+def _parse_stems(value: Optional[str]) -> Optional[tuple]:
+    if not value:
+        return None
+    stems = tuple(s.strip() for s in value.split(",") if s.strip())
+    return stems or None
+
+
+def _parse_rate(value: str):
+    if value in ("model", "keep"):
+        return value
+    try:
+        rate = int(value)
+    except ValueError:
+        rate = 0
+    if rate <= 0:
+        raise UsageErrorCls(f"invalid --sample-rate {value!r}", hint="use 'model', 'keep' or a rate in Hz such as 48000")
+    return rate
+
+
+@app.command(
+    "separate",
+    help="Separate audio or video files (or whole folders) into stems.\n\n"
+    "  unmix song.mp3\n\n  unmix song.mp3 --stems vocals,drums\n\n  unmix song.mp3 --karaoke\n\n"
+    "  unmix ~/Music/album/ -o stems/ -f flac",
+    no_args_is_help=True,
+)
+def separate_cmd(
+    inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Files, folders (recursive) or globs."),
+    model: str = typer.Option("htdemucs", "-m", "--model", help="Registry name (unmix models list) or local path."),
+    stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to write, e.g. vocals,drums."),
+    karaoke: bool = typer.Option(False, "--karaoke", help="Write vocals + instrumental."),
+    instrumental: str = typer.Option(
+        "residual", "--instrumental", help="With --karaoke: 'residual' (mix minus vocals) or 'sum' (other stems)."
+    ),
+    out: Path = typer.Option(Path("separated"), "-o", "--out", help="Output folder."),
+    filename: str = typer.Option(
+        "{model}/{dir}/{track}/{stem}.{ext}", "--filename", help="Output path template: {model} {dir} {track} {stem} {ext}."
+    ),
+    fmt: str = typer.Option("wav", "-f", "--format", help="wav, flac, mp3, opus or m4a."),
+    bit_depth: Optional[int] = typer.Option(None, "--bit-depth", help="WAV 16/24/32 (32 = float), FLAC 16/24. Default 24."),
+    bitrate: Optional[int] = typer.Option(None, "--bitrate", help="kbit/s for mp3/opus/m4a."),
+    sample_rate: str = typer.Option("model", "--sample-rate", help="'model' (44.1 kHz), 'keep' (the input's) or Hz."),
+    clip: str = typer.Option("rescale", "--clip", help="rescale (one gain for all stems), clamp, or none."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    segment: Optional[float] = typer.Option(None, "--segment", help="Seconds per chunk (default: the model's)."),
+    overlap: Optional[float] = typer.Option(None, "--overlap", help="Chunk overlap, 0 to 0.99 (default 0.25)."),
+    shifts: int = typer.Option(0, "--shifts", help="Random time shifts averaged (slower, slightly better)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random shifts."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Chunks per forward call."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: torch's choice)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo tracks whose stems already exist."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors."),
+    json_events: bool = typer.Option(False, "--json", help="JSON-lines events on stdout."),
+    offline: bool = typer.Option(False, "--offline", help="Never use the network; cached models only."),
+    registry: List[Path] = typer.Option([], "--registry", help="Extra registry YAML file(s)."),
+) -> None:
+    with handle_errors():
+        if fmt not in _FORMAT_CHOICES:
+            raise UsageErrorCls(f"unknown format {fmt!r}", hint=f"use one of: {', '.join(_FORMAT_CHOICES)}")
+        if overlap is not None and not 0 <= overlap < 1:
+            raise UsageErrorCls(f"--overlap must be in [0, 1), got {overlap}")
+        if segment is not None and segment <= 0:
+            raise UsageErrorCls(f"--segment must be positive, got {segment}")
+        if shifts < 0 or batch_size < 1:
+            raise UsageErrorCls("--shifts must be >= 0 and --batch-size >= 1")
+        if precision not in ("fp32", "bf16"):
+            raise UsageErrorCls(f"unknown precision {precision!r}", hint="use fp32 or bf16")
+        from .separate import OutputOptions, StemRequest, run_batch
+
+        output = OutputOptions(
+            out_dir=out, template=filename, fmt=fmt, bit_depth=bit_depth, bitrate=bitrate,
+            sample_rate=_parse_rate(sample_rate), clip=clip, overwrite=overwrite,
+        )
+        request = StemRequest(stems=_parse_stems(stems), karaoke=karaoke, instrumental=instrumental)
+        output.validate()
+        reporter = _make_reporter(json_events, quiet)
+        with _sigterm_as_interrupt():
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
+            from .api import Separator
+
+            sep = Separator(
+                model, device=device, segment=segment, overlap=overlap, shifts=shifts, seed=seed,
+                batch_size=batch_size, precision=precision, offline=offline,
+                registry_files=[str(r) for r in registry], download_progress=reporter.download_progress(),
+            )
+            jobs = sep.plan(inputs, output, request)
+            if dry_run:
+                reporter.plan(jobs, sep, request)
+                return
+            if not jobs:
+                raise UsageErrorCls("no audio or video files found in the inputs")
+            try:
+                results = run_batch(jobs, sep.runtime, request, output, reporter.event)
+            finally:
+                reporter.close()
+        reporter.summary(results)
+        failed = [r for r in results if r.status == "failed"]
+        if failed:
+            raise typer.Exit(EXIT_FAILURE)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C: clean-up code runs, temporary files go, exit 130."""
+    import signal
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread (e.g. some test runners): leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fmt_seconds(s: Optional[float]) -> str:
+    if s is None or s != s:
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class _Reporter:
+    """Shows batch events: a Rich progress display, JSON lines (--json), or nothing (--quiet).
+
+    Errors of individual files are always shown as one line on stderr.
+    """
+
+    def __init__(self, json_events: bool, quiet: bool):
+        import time
+
+        self._time = time.monotonic
+        self.json = json_events
+        self.quiet = quiet
+        self._progress = None
+        self._batch_task = None
+        self._file_task = None
+        self._file_start = 0.0
+        self._last_json = 0.0
+
+    # -- downloads
+    def download_progress(self):
+        if self.json or self.quiet:
+            return None
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        return lambda: Progress(
+            TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            console=err_console, transient=True,
+        )
+
+    # -- events
+    def _emit(self, **payload) -> None:
+        import json
+
+        out_console.file.write(json.dumps(payload) + "\n")
+        out_console.file.flush()
+
+    def event(self, e) -> None:
+        if self.json:
+            self._json_event(e)
+            return
+        if e.kind == "failed":
+            self._stop_file()
+            err_console.print(f"[bold red]error:[/] {e.result.error.one_line()}", markup=True, highlight=False)
+            if e.result.error.hint:
+                err_console.print(f"[yellow]hint:[/] {e.result.error.hint}", markup=True, highlight=False)
+        if self.quiet:
+            return
+        self._rich_event(e)
+
+    def _json_event(self, e) -> None:
+        base = {"input": str(e.job.input), "index": e.index, "count": e.count}
+        if e.kind == "progress":
+            now = self._time()
+            if now - self._last_json < 0.5 and not (e.total and e.done >= e.total):
+                return
+            self._last_json = now
+            self._emit(event="progress", stage=e.stage, done=round(e.done, 3),
+                       total=None if e.total is None else round(e.total, 3), **base)
+        elif e.kind == "start":
+            self._emit(event="start", **base)
+        elif e.kind in ("done", "skipped"):
+            r = e.result
+            self._emit(event=e.kind, outputs={k: str(v) for k, v in r.outputs.items()},
+                       duration=round(r.duration, 3), elapsed=round(r.elapsed, 3), **base)
+        elif e.kind == "failed":
+            err = e.result.error
+            self._emit(event="error", error=err.one_line(), hint=err.hint, kind=type(err).__name__, **base)
+
+    def _ensure_progress(self, count: int) -> None:
+        if self._progress is not None:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description}", style="bold"),
+            BarColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+        )
+        self._progress.start()
+        if count > 1:
+            self._batch_task = self._progress.add_task("batch", total=count, info=f"0/{count} files")
+
+    def _stop_file(self) -> None:
+        if self._progress is not None and self._file_task is not None:
+            self._progress.remove_task(self._file_task)
+            self._file_task = None
+
+    def _rich_event(self, e) -> None:
+        self._ensure_progress(e.count)
+        p = self._progress
+        if e.kind == "start":
+            self._stop_file()
+            self._file_start = self._time()
+            name = e.job.input.name
+            self._file_task = p.add_task(name if len(name) <= 40 else name[:37] + "...", total=None, info="decoding")
+        elif e.kind == "progress" and self._file_task is not None:
+            if e.stage == "separate":
+                elapsed = max(self._time() - self._file_start, 1e-6)
+                info = f"{_fmt_seconds(e.done)}/{_fmt_seconds(e.total)} audio, {e.done / elapsed:.2f}x real-time"
+                p.update(self._file_task, total=e.total, completed=e.done, info=info)
+            elif e.stage == "write":
+                p.update(self._file_task, info="writing stems")
+        elif e.kind in ("done", "skipped", "failed"):
+            self._stop_file()
+            if e.kind == "done":
+                r = e.result
+                p.console.print(f"[green]done[/] {e.job.input} -> {_common_dir(r.outputs)}", markup=True, highlight=False)
+            elif e.kind == "skipped":
+                p.console.print(f"[dim]skipped {e.job.input} (stems exist; --overwrite redoes it)[/]", markup=True, highlight=False)
+            if self._batch_task is not None:
+                p.advance(self._batch_task)
+                p.update(self._batch_task, info=f"{e.index + 1}/{e.count} files")
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    # -- plan and summary
+    def plan(self, jobs, sep, request) -> None:
+        if self.json:
+            for j in jobs:
+                self._emit(event="plan", input=str(j.input), skip=j.skip, outputs={k: str(v) for k, v in j.outputs.items()})
+            return
+        out_console.print(f"model: {sep.display_name} ({', '.join(sep.sources)}), device: {sep.device}")
+        for j in jobs:
+            status = "skip (stems exist)" if j.skip else "separate"
+            out_console.print(f"{j.input}  [{status}]")
+            for stem, path in j.outputs.items():
+                out_console.print(f"    {stem:<12} -> {path}")
+        todo = sum(not j.skip for j in jobs)
+        out_console.print(f"{len(jobs)} input(s): {todo} to separate, {len(jobs) - todo} skipped")
+
+    def summary(self, results) -> None:
+        failed = [r for r in results if r.status == "failed"]
+        if self.json:
+            self._emit(event="summary", done=sum(r.status == "done" for r in results),
+                       skipped=sum(r.status == "skipped" for r in results), failed=len(failed))
+            return
+        if not self.quiet and len(results) > 0:
+            from rich.table import Table
+
+            table = Table(title=None, show_edge=False)
+            for col in ("file", "duration", "time", "speed", "status"):
+                table.add_column(col, justify="right" if col in ("duration", "time", "speed") else "left")
+            for r in results:
+                speed = f"{r.duration / r.elapsed:.2f}x" if r.elapsed > 0 and r.duration > 0 else "-"
+                table.add_row(str(r.job.input), _fmt_seconds(r.duration) if r.duration else "-",
+                              _fmt_seconds(r.elapsed) if r.elapsed else "-", speed, r.status)
+            out_console.print(table)
+        if failed:
+            err_console.print(f"{len(failed)} of {len(results)} file(s) failed:")
+            for r in failed:
+                err_console.print(f"  {r.error.one_line()}", highlight=False)
+
+
+def _common_dir(outputs) -> str:
+    import os
+
+    paths = [str(p) for p in outputs.values()]
+    return os.path.commonpath(paths) if len(paths) > 1 else (paths[0] if paths else "")
+
 
 
 def main() -> None:

@@ -1,0 +1,568 @@
+"""Separating files: plan the outputs, decode, run the engine, write the stems.
+
+One track goes through three passes so that memory stays flat and nothing that
+looks finished is written before the track is done:
+
+1. decode the input once at the model's rate into a float32 scratch file, and
+   gather the whole-track statistics the engine normalises with (a file that
+   cannot be decoded fails here, before any model work);
+2. stream the scratch mix through the engine; separated stems go to scratch
+   files while the peak is tracked;
+3. encode each stem from scratch with one gain shared by all stems (so they
+   still sum to the mix), each written atomically by `audio.AudioWriter`.
+
+Scratch files live in a private temporary folder that is removed whatever
+happens. This module knows nothing about the command line: it reports through
+an event callback and raises `UnmixError`s.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import audio
+from .errors import AudioDecodeError, AudioEncodeError, UnmixError, UsageError
+
+DEFAULT_TEMPLATE = "{model}/{dir}/{track}/{stem}.{ext}"
+TEMPLATE_FIELDS = ("track", "stem", "model", "ext", "dir")
+CLIP_MODES = ("rescale", "clamp", "none")
+INSTRUMENTAL_MODES = ("residual", "sum")
+INSTRUMENTAL = "instrumental"
+
+# Extensions picked up when walking a folder. Files named explicitly are always tried.
+MEDIA_EXTENSIONS = frozenset(
+    ".wav .wave .aif .aiff .aifc .flac .mp3 .mp2 .ogg .oga .opus .m4a .aac .alac .wma .wv .ape "
+    ".mka .mp4 .m4v .mkv .webm .mov .avi .caf .ac3 .dts .amr .3gp".split()
+)
+
+# Frames per block when moving audio between scratch files and encoders.
+IO_BLOCK = 1 << 16
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where and how stems are written.
+
+    `sample_rate` is "model" (the model's rate), "keep" (the input's rate) or a
+    number of Hz. `bit_depth` None means the format's default (24 for WAV/FLAC).
+    """
+
+    out_dir: Path = Path("separated")
+    template: str = DEFAULT_TEMPLATE
+    fmt: str = "wav"
+    bit_depth: Optional[int] = None
+    bitrate: Optional[int] = None
+    sample_rate: object = "model"
+    clip: str = "rescale"
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if self.fmt not in audio.FORMATS:
+            raise UsageError(f"unknown output format {self.fmt!r}", hint=f"use one of: {', '.join(audio.FORMATS)}")
+        if self.clip not in CLIP_MODES:
+            raise UsageError(f"unknown clip mode {self.clip!r}", hint=f"use one of: {', '.join(CLIP_MODES)}")
+        if not (self.sample_rate in ("model", "keep") or (isinstance(self.sample_rate, int) and self.sample_rate > 0)):
+            raise UsageError(f"invalid sample rate {self.sample_rate!r}", hint="use 'model', 'keep' or a rate in Hz")
+        check_template(self.template)
+
+
+@dataclass(frozen=True)
+class StemRequest:
+    """Which stems to write. `stems` None = all of the model's stems.
+
+    With `karaoke`, the outputs are vocals and an instrumental: the mix minus
+    the vocals ("residual", only the vocals are computed) or the sum of the
+    other stems ("sum").
+    """
+
+    stems: Optional[Tuple[str, ...]] = None
+    karaoke: bool = False
+    instrumental: str = "residual"
+
+    def resolve(self, model_stems: Sequence[str]) -> Tuple[List[str], List[str]]:
+        """(stems the engine must compute, stems written to disk), validated against the model."""
+        model_stems = list(model_stems)
+        if self.karaoke:
+            if self.stems:
+                raise UsageError("--karaoke and --stems cannot be combined", hint="--karaoke writes vocals + instrumental")
+            if "vocals" not in model_stems:
+                raise UsageError(
+                    f"--karaoke needs a model with a 'vocals' stem; this one has {', '.join(model_stems)}"
+                )
+            if self.instrumental not in INSTRUMENTAL_MODES:
+                raise UsageError(f"unknown instrumental mode {self.instrumental!r}", hint="use 'residual' or 'sum'")
+            compute = ["vocals"] if self.instrumental == "residual" else model_stems
+            return compute, ["vocals", INSTRUMENTAL]
+        if not self.stems:
+            return model_stems, model_stems
+        unknown = [s for s in self.stems if s not in model_stems]
+        if unknown:
+            raise UsageError(
+                f"unknown stem {', '.join(map(repr, unknown))}",
+                hint=f"this model produces: {', '.join(model_stems)}",
+            )
+        wanted = list(dict.fromkeys(self.stems))  # de-duplicated, in the order asked
+        return wanted, wanted
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass
+class Job:
+    """One input file and the stem files it will produce."""
+
+    input: Path
+    track: str
+    rel_dir: str
+    outputs: Dict[str, Path]
+    skip: bool = False
+
+    @property
+    def display(self) -> str:
+        return str(self.input)
+
+
+def check_template(template: str) -> None:
+    names = set(re.findall(r"{(\w*)[^}]*}", template))
+    unknown = names - set(TEMPLATE_FIELDS)
+    if unknown:
+        raise UsageError(
+            f"unknown field {{{sorted(unknown)[0]}}} in --filename template",
+            hint=f"fields: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}",
+        )
+    if "stem" not in names:
+        raise UsageError("the --filename template must contain {stem}", hint=f"default: {DEFAULT_TEMPLATE}")
+    if os.path.isabs(template) or ".." in Path(template).parts:
+        raise UsageError("the --filename template must be a relative path inside the output folder")
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f/\\]")
+
+
+def safe_component(name: str) -> str:
+    """A file-name component that cannot leave its folder: no separators, no '..', not empty."""
+    name = _UNSAFE.sub("_", name).strip()
+    if name in ("", ".", ".."):
+        name = name.replace(".", "_") or "_"
+    return name
+
+
+def render_output(template: str, out_dir: Path, *, track: str, stem: str, model: str, ext: str, rel_dir: str) -> Path:
+    """The output path for one stem; every value is sanitised, and the result stays inside out_dir."""
+    dir_value = "/".join(safe_component(p) for p in Path(rel_dir).parts) if rel_dir else ""
+    text = template.format(
+        track=safe_component(track),
+        stem=safe_component(stem),
+        model=safe_component(model),
+        ext=ext,
+        dir=dir_value,
+    )
+    parts = [p for p in text.replace("\\", "/").split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise UsageError(f"--filename template gives an invalid path {text!r}")
+    path = out_dir.joinpath(*parts)
+    root = os.path.abspath(out_dir)
+    if os.path.commonpath([root, os.path.abspath(path)]) != root:  # belt and braces
+        raise UsageError(f"output path {path} would leave the output folder {out_dir}")
+    return path
+
+
+def expand_inputs(inputs: Sequence[str]) -> List[Tuple[Path, str]]:
+    """Files to process, each with its folder relative to the input folder it came from ('' for files).
+
+    Folders are walked recursively (symbolic-link loops are cut); only media
+    extensions are taken from folders; globs are expanded; a path that does not
+    exist raises AudioDecodeError.
+    """
+    found: List[Tuple[Path, str]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(_walk_media(path))
+        elif path.exists() or os.path.islink(item):
+            found.append((path, ""))
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise UsageError(f"{item}: no file matches this pattern")
+            for m in matches:
+                mp = Path(m)
+                found.extend(_walk_media(mp) if mp.is_dir() else [(mp, "")])
+        else:
+            raise AudioDecodeError("no such file or folder", path=item, hint="check the path")
+    # The same file given twice (e.g. a file and its folder) is processed once.
+    seen, unique = set(), []
+    for path, rel in found:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            unique.append((path, rel))
+    return unique
+
+
+def _walk_media(root: Path) -> List[Tuple[Path, str]]:
+    out: List[Tuple[Path, str]] = []
+    visited = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:  # a symbolic-link loop, or a folder reached twice
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, root)
+        rel = "" if rel == "." else rel
+        for name in sorted(filenames):
+            if Path(name).suffix.lower() in MEDIA_EXTENSIONS and not name.startswith("."):
+                out.append((Path(dirpath) / name, rel))
+    return out
+
+
+def plan(
+    inputs: Sequence[str],
+    *,
+    model_name: str,
+    output_stems: Sequence[str],
+    output: OutputOptions,
+) -> List[Job]:
+    """Expand inputs and decide every output path; mark tracks whose stems all exist as skipped.
+
+    Two inputs that would write the same file (e.g. `song.mp3` and `song.wav`)
+    are told apart by adding the input's extension to the later track's name,
+    so nothing is ever overwritten by another input of the same run.
+    """
+    output.validate()
+    jobs: List[Job] = []
+    taken: Dict[Path, Path] = {}
+    for path, rel in expand_inputs(inputs):
+        track = path.stem if path.suffix else path.name
+        outputs = _outputs_for(output, model_name, output_stems, track, rel)
+        clash = [p for p in outputs.values() if p in taken]
+        if clash:
+            track = f"{track}_{path.suffix.lstrip('.') or 'file'}"
+            outputs = _outputs_for(output, model_name, output_stems, track, rel)
+            n = 2
+            while any(p in taken for p in outputs.values()):
+                outputs = _outputs_for(output, model_name, output_stems, f"{track}_{n}", rel)
+                n += 1
+        for p in outputs.values():
+            taken[p] = path
+        if len(set(outputs.values())) != len(outputs):
+            raise UsageError("the --filename template gives every stem the same file name", hint="include {stem}")
+        skip = not output.overwrite and all(p.is_file() and p.stat().st_size > 0 for p in outputs.values())
+        jobs.append(Job(input=path, track=track, rel_dir=rel, outputs=outputs, skip=skip))
+    return jobs
+
+
+def _outputs_for(output: OutputOptions, model: str, stems: Sequence[str], track: str, rel: str) -> Dict[str, Path]:
+    return {
+        s: render_output(output.template, output.out_dir, track=track, stem=s, model=model, ext=output.fmt, rel_dir=rel)
+        for s in stems
+    }
+
+
+# --------------------------------------------------------------------------- scratch audio
+
+
+class _Scratch:
+    """An append-only float32 audio file `[C, T]` in a scratch folder, read back block by block."""
+
+    def __init__(self, path: Path, channels: int):
+        self.path = path
+        self.channels = channels
+        self.frames = 0
+        self._fh = open(path, "wb")
+
+    def append(self, block: np.ndarray) -> None:
+        """block: [C, t]; stored interleaved ([t, C] rows)."""
+        block = np.asarray(block, dtype=np.float32)
+        self._fh.write(np.ascontiguousarray(block.T).tobytes())
+        self.frames += block.shape[1]
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def blocks(self, size: int = IO_BLOCK) -> Iterator[np.ndarray]:
+        """Yields [C, t] blocks, in order."""
+        self.close()
+        with open(self.path, "rb") as fh:
+            while True:
+                raw = np.fromfile(fh, dtype=np.float32, count=size * self.channels)
+                if raw.size == 0:
+                    return
+                yield raw.reshape(-1, self.channels).T  # [t, C] -> [C, t]
+
+
+class _Cursor:
+    """Reads exactly n frames at a time from a block iterator (aligns the mix with engine output)."""
+
+    def __init__(self, blocks: Iterator[np.ndarray], channels: int):
+        self._it = blocks
+        self._buf = np.zeros((channels, 0), dtype=np.float32)
+
+    def read(self, n: int) -> np.ndarray:
+        while self._buf.shape[1] < n:
+            nxt = next(self._it, None)
+            if nxt is None:
+                raise RuntimeError("mix scratch ended before the separated output")  # a bug, not a user error
+            self._buf = np.concatenate([self._buf, nxt], axis=1)
+        out, self._buf = self._buf[:, :n], self._buf[:, n:]
+        return out
+
+
+@dataclass
+class MixStats:
+    """Whole-track statistics of the mono mix, as the reference command line normalises with."""
+
+    frames: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+    finite: bool = True
+
+    def update(self, block: np.ndarray) -> None:
+        mono = block.mean(axis=0, dtype=np.float64)
+        self.frames += mono.size
+        self.total += float(mono.sum())
+        self.total_sq += float(np.dot(mono, mono))
+        if self.finite and not np.isfinite(block).all():
+            self.finite = False
+
+    def mean_std(self) -> Tuple[float, float]:
+        if self.frames == 0:
+            return 0.0, 1.0
+        mean = self.total / self.frames
+        # Unbiased, like torch.Tensor.std() in the reference.
+        var = (self.total_sq - self.frames * mean * mean) / max(self.frames - 1, 1)
+        std = math.sqrt(max(var, 0.0))
+        # Digital silence: normalising would divide by zero; any scale gives silence back.
+        return mean, (std if std > 1e-8 else 1.0)
+
+
+# --------------------------------------------------------------------------- one track
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What separating needs besides the file: the model bag, device and engine options."""
+
+    bag: object  # models.bag.ModelBag
+    device: object  # torch.device
+    options: object  # engine.EngineOptions
+    model_name: str
+
+
+ProgressFn = Callable[[str, float, Optional[float]], None]  # (stage, done seconds, total seconds)
+
+
+@dataclass
+class TrackResult:
+    job: Job
+    status: str  # "done", "skipped", "failed"
+    outputs: Dict[str, Path] = field(default_factory=dict)
+    duration: float = 0.0  # seconds of audio
+    elapsed: float = 0.0  # wall seconds
+    error: Optional[UnmixError] = None
+
+
+def separate_track(
+    job: Job,
+    runtime: Runtime,
+    request: StemRequest,
+    output: OutputOptions,
+    progress: Optional[ProgressFn] = None,
+    scratch_root: Optional[str] = None,
+) -> TrackResult:
+    """Separate one input file into its stem files (see the module docstring for the passes)."""
+    from . import engine  # torch is imported only when work is done
+
+    bag = runtime.bag
+    model_sr, channels = bag.samplerate, bag.audio_channels
+    compute, written = request.resolve(bag.sources)
+    t0 = time.monotonic()
+    report = progress or (lambda stage, done, total: None)
+    scratch = Path(tempfile.mkdtemp(prefix="unmix-", dir=scratch_root))
+    try:
+        # Pass 1: decode at the model's rate; statistics for normalisation; exact length.
+        stats = MixStats()
+        mix = _Scratch(scratch / "mix.f32", channels)
+        with audio.AudioReader(job.input, sample_rate=model_sr, channels=channels) as reader:
+            info = reader.info
+            in_rate = info.sample_rate
+            total_s = info.duration if info.duration and info.duration > 0 else None
+            for block in reader:
+                stats.update(block)
+                mix.append(block)
+                report("decode", mix.frames / model_sr, total_s)
+        mix.close()
+        if not stats.finite:
+            raise AudioDecodeError("the audio contains NaN or infinite samples", path=job.input)
+        if mix.frames == 0:
+            raise AudioDecodeError("the file contains no audio samples", path=job.input)
+        duration = mix.frames / model_sr
+
+        # Pass 2: separate, streaming; keep each written stem in scratch and track the peak.
+        stem_files = {s: _Scratch(scratch / f"{i}.f32", channels) for i, s in enumerate(written)}
+        peak = 0.0
+        cursor = _Cursor(mix.blocks(), channels) if request.karaoke else None
+        done = 0
+
+        def on_progress(done_frames: int, total_frames: Optional[int]) -> None:
+            report("separate", done_frames / model_sr, duration)
+
+        stream = engine.separate_stream(
+            bag,
+            mix.blocks(),
+            total_frames=mix.frames,
+            stems=compute,
+            options=runtime.options,
+            device=runtime.device,
+            progress=on_progress,
+            stats=stats.mean_std(),
+        )
+        for out in stream:
+            parts = {s: _to_numpy(t) for s, t in out.items()}
+            n = next(iter(parts.values())).shape[1]
+            if request.karaoke:
+                mix_block = cursor.read(n)
+                if request.instrumental == "residual":
+                    inst = mix_block - parts["vocals"]
+                else:
+                    inst = sum(v for s, v in parts.items() if s != "vocals")
+                parts = {"vocals": parts["vocals"], INSTRUMENTAL: inst}
+            for s in written:
+                block = parts[s]
+                if not np.isfinite(block).all():
+                    raise UnmixError(
+                        "the model produced NaN or infinite samples",
+                        path=job.input,
+                        hint="try --precision fp32, or report the model and file",
+                    )
+                peak = max(peak, float(np.abs(block).max(initial=0.0)))
+                stem_files[s].append(block)
+            done += n
+        if done != mix.frames:
+            raise RuntimeError(f"engine returned {done} frames for {mix.frames}")  # a bug, not a user error
+
+        # Pass 3: encode with one shared gain, each stem written atomically.
+        gain = 1.0 / peak if (output.clip == "rescale" and peak > 1.0) else 1.0
+        out_rate = _output_rate(output.sample_rate, model_sr, in_rate)
+        target_frames = _target_frames(mix.frames, model_sr, out_rate, info)
+        total_write = len(written) * duration
+        for i, stem in enumerate(written):
+            path = job.outputs[stem]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            blocks = _finalise_blocks(stem_files[stem].blocks(), gain, output.clip)
+            if out_rate != model_sr:
+                blocks = audio.resample_blocks(blocks, model_sr, out_rate, channels, total_frames=target_frames)
+            with audio.AudioWriter(
+                path, out_rate, channels, fmt=output.fmt, bit_depth=output.bit_depth, bitrate=output.bitrate
+            ) as writer:
+                for block in blocks:
+                    writer.write(block)
+            report("write", (i + 1) * duration, total_write)
+        return TrackResult(job, "done", dict(job.outputs), duration, time.monotonic() - t0)
+    except OSError as err:
+        # Disk full, folder vanished, permission denied... while writing scratch or output.
+        raise AudioEncodeError(f"cannot write: {err.strerror or err}", path=getattr(err, "filename", None) or job.input)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _to_numpy(t) -> np.ndarray:
+    return t.detach().to("cpu").float().numpy() if hasattr(t, "detach") else np.asarray(t, dtype=np.float32)
+
+
+def _finalise_blocks(blocks: Iterator[np.ndarray], gain: float, clip: str) -> Iterator[np.ndarray]:
+    for block in blocks:
+        if gain != 1.0:
+            block = block * np.float32(gain)
+        if clip == "clamp":
+            block = np.clip(block, -1.0, 1.0)
+        yield block
+
+
+def _output_rate(choice, model_sr: int, in_rate: int) -> int:
+    if choice == "model":
+        return model_sr
+    if choice == "keep":
+        return int(in_rate)
+    return int(choice)
+
+
+def _target_frames(model_frames: int, model_sr: int, out_rate: int, info) -> int:
+    """Stem length at the output rate: the input's own length when writing at its rate."""
+    if out_rate == model_sr:
+        return model_frames
+    if info.sample_rate == out_rate and info.frames:
+        return int(info.frames)
+    return int(round(model_frames * out_rate / model_sr))
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclass
+class Event:
+    """What the batch runner reports: kind is start | progress | done | skipped | failed."""
+
+    kind: str
+    job: Job
+    index: int
+    count: int
+    stage: str = ""
+    done: float = 0.0
+    total: Optional[float] = None
+    result: Optional[TrackResult] = None
+
+
+def run_batch(
+    jobs: Sequence[Job],
+    runtime: Runtime,
+    request: StemRequest,
+    output: OutputOptions,
+    on_event: Callable[[Event], None] = lambda e: None,
+) -> List[TrackResult]:
+    """Separate every job; a bad file is reported and the batch goes on.
+
+    KeyboardInterrupt (Ctrl-C, or SIGTERM turned into it by the CLI) stops the
+    batch at once: the current track's scratch and temporary files are removed
+    on the way out, finished tracks stay.
+    """
+    results: List[TrackResult] = []
+    count = len(jobs)
+    for index, job in enumerate(jobs):
+        if job.skip:
+            res = TrackResult(job, "skipped", dict(job.outputs))
+            results.append(res)
+            on_event(Event("skipped", job, index, count, result=res))
+            continue
+        on_event(Event("start", job, index, count))
+
+        def progress(stage: str, done: float, total: Optional[float], job=job, index=index) -> None:
+            on_event(Event("progress", job, index, count, stage=stage, done=done, total=total))
+
+        try:
+            res = separate_track(job, runtime, request, output, progress)
+        except UnmixError as err:
+            if err.path is None:
+                err = type(err)(err.message, path=job.input, hint=err.hint)
+            res = TrackResult(job, "failed", error=err)
+        results.append(res)
+        on_event(Event(res.status if res.status != "done" else "done", job, index, count, result=res))
+    return results

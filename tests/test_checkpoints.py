@@ -164,6 +164,25 @@ def test_diffq_missing_packed_tensor_is_refused(tmp_path):
         ck.load_demucs_safetensors(path, classes=REF)
 
 
+def test_diffq_groups_without_stored_levels_are_refused(tmp_path):
+    # diffq never packs 15-bit groups (it packs widths 1..14 only); such a file
+    # would restore garbage in the reference, so we refuse it instead.
+    sig, _ = _diffq_export(dx.tiny_hdemucs, tmp_path)
+    path = tmp_path / f"{sig}.safetensors"
+
+    def drop_levels(meta):
+        structure = json.loads(meta["structure"])
+        first = dict(structure["_dict"])["quantized"]["_list"][0]["_tuple"][0]["_list"]
+        width = next(i for i, node in enumerate(first) if node is not None)
+        first[width] = None
+        meta["structure"] = json.dumps(structure)
+        return meta
+
+    _rewrite(path, metadata=drop_levels)
+    with pytest.raises(CheckpointError, match="have no stored levels"):
+        ck.load_demucs_safetensors(path, classes=REF)
+
+
 def test_unknown_quantizer_is_refused(tmp_path):
     sig, _ = _diffq_export(dx.tiny_hdemucs, tmp_path)
     path = tmp_path / f"{sig}.safetensors"

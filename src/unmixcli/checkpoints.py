@@ -84,6 +84,10 @@ class _LazyClassTable(Mapping):
     def __getitem__(self, key: str) -> type:
         return self._factories[key]()
 
+    def __contains__(self, key: object) -> bool:
+        # Membership must not import anything (Mapping's default would call __getitem__).
+        return key in self._factories
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._factories)
 
@@ -452,22 +456,24 @@ def _unpack_blocks(packed: torch.Tensor, length: int) -> np.ndarray:
     """Unpack diffq's default (Cython) layout into `length` non-negative integers.
 
     `packed` is int64 `[L, nbits, 32]`, read as uint64 words. Value number
-    `line * 2048 + k * 32 + j` has its bit `b` at bit `k` of word `[line, b, j]`
-    (each 64-bit word holds one bit plane of 64 consecutive 32-value blocks).
+    `line * 2048 + k * 32 + j` keeps its bit `b` at bit `k` of word
+    `[line, b, j]`: one word holds the same bit of 64 values spaced 32 apart.
     """
+    if packed.dtype != torch.int64 or packed.dim() != 3:
+        raise ValueError(f"expected an int64 [L, nbits, 32] packed tensor, got {packed.dtype} {tuple(packed.shape)}")
     words = packed.detach().cpu().contiguous().numpy().view(np.uint64)
-    if words.ndim != 3:
-        raise ValueError(f"expected a 3-d packed tensor, got shape {tuple(packed.shape)}")
     lines, nbits, block = words.shape
     capacity = lines * 64 * block
     if length > capacity:
         raise ValueError(f"needs {length} values but the packed tensor holds only {capacity}")
-    shifts = np.arange(64, dtype=np.uint64)[None, :, None]  # [1, 64, 1]: bit position k in each word
-    out = np.zeros((lines, 64, block), dtype=np.int32)  # [L, 64, 32] -> value order line, k, j
+    # Spread every word into its 64 bits with one vectorised call (much faster
+    # than shifting uint64 arrays 64 times): little-endian bytes, low bit first.
+    raw = np.ascontiguousarray(words.astype("<u8", copy=False)).view(np.uint8)  # [L, nbits, 32 * 8]
+    bits = np.unpackbits(raw, axis=-1, bitorder="little").reshape(lines, nbits, block, 64)  # [L, nbits, j, k]
+    out = np.zeros((lines, block, 64), dtype=np.uint16)  # [L, j, k]; values have at most 15 bits
     for bit in range(nbits):
-        plane = (words[:, bit, None, :] >> shifts) & np.uint64(1)  # [L, 64, 32]
-        out |= plane.astype(np.int32) << bit
-    return out.reshape(-1)[:length]
+        out |= bits[:, bit].astype(np.uint16) << bit
+    return out.transpose(0, 2, 1).reshape(-1)[:length]  # value order: line, k, j
 
 
 def _unpack_planes(packed: torch.Tensor, length: int) -> np.ndarray:
@@ -518,7 +524,7 @@ def _dequantize(
         widths = unpack(widths_part, n_groups).astype(np.int64) + settings.min_bits  # [n]
         if not isinstance(levels_part, (list, tuple)):
             raise ValueError("packed levels are not a list")
-        levels = np.zeros((n_groups, group), dtype=np.int64)  # [n, g]
+        levels = np.zeros((n_groups, group), dtype=np.int32)  # [n, g]
         covered = np.zeros(n_groups, dtype=bool)
         for index, chunk in enumerate(levels_part):
             width = index + 1
@@ -526,7 +532,10 @@ def _dequantize(
             count = int(chosen.sum())
             if chunk is None:
                 continue
-            levels[chosen] = unpack(chunk, count * group).reshape(count, group)
+            chunk_levels = unpack(chunk, count * group)
+            if count and int(chunk_levels.max()) >= 1 << width:
+                raise ValueError(f"levels stored for {width}-bit groups do not fit in {width} bits")
+            levels[chosen] = chunk_levels.reshape(count, group)
             covered |= chosen
         if not covered.all():
             missing = sorted(set(widths[~covered].tolist()))
@@ -619,7 +628,7 @@ def _read_bag_yaml(path: Path) -> _BagSpec:
         with open(path, "r", encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
     except FileNotFoundError as exc:
-        raise CheckpointError("bag file not found", path=path) from exc
+        raise CheckpointError("bag file not found", path=path, hint="check the path, or download the model again") from exc
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise CheckpointError(f"bag file is not valid YAML ({exc})", path=path, hint=_BAG_HINT) from exc
     if not isinstance(data, dict) or "models" not in data:
@@ -654,7 +663,9 @@ def _read_bag_yaml(path: Path) -> _BagSpec:
     segment = data.get("segment")
     if segment is not None:
         if isinstance(segment, bool) or not isinstance(segment, (int, float)) or not segment > 0:
-            raise CheckpointError(f"'segment' must be a positive number of seconds, not {segment!r}", path=path)
+            raise CheckpointError(
+                f"'segment' must be a positive number of seconds, not {segment!r}", path=path, hint=_BAG_HINT
+            )
     extra = {k: v for k, v in data.items() if k not in ("models", "weights", "segment")}
     return _BagSpec(path, signatures, weights, segment, extra)
 
@@ -692,7 +703,7 @@ def load_bag(yaml_path: PathLike, *, classes: Optional[Mapping[str, type]] = Non
 
     models = []
     for file in files:
-        model, klass = _MEMBER_LOADERS[file.suffix](file, classes)
+        model, klass = _MEMBER_LOADERS[file.suffix.lower()](file, classes)
         if spec.segment is not None:
             current = getattr(model, "segment", None)
             if klass not in _SEGMENT_IS_MAXIMUM or current is None or spec.segment <= current:
@@ -711,16 +722,24 @@ def load_bag(yaml_path: PathLike, *, classes: Optional[Mapping[str, type]] = Non
     totals = torch.tensor(weights).sum(0)
     if (totals == 0).any():
         dead = [s for s, t in zip(models[0].sources, totals.tolist()) if t == 0]
-        raise CheckpointError(f"no model has a non-zero weight for stem(s) {', '.join(dead)}", path=path)
+        raise CheckpointError(
+            f"no model has a non-zero weight for stem(s) {', '.join(dead)}",
+            path=path,
+            hint="every stem needs at least one model with a non-zero weight in 'weights'",
+        )
     try:
         return ModelBag(models=models, weights=torch.tensor(weights), segment=spec.segment, name=path.stem,
                         extra=spec.extra)
     except ValueError as exc:  # members disagree on stems, rate or channels
-        raise CheckpointError(f"bag members do not fit together: {exc}", path=path) from exc
+        raise CheckpointError(
+            f"bag members do not fit together: {exc}",
+            path=path,
+            hint="all models of a bag must produce the same stems at the same sample rate",
+        ) from exc
 
 
 def _single_file_bag(path: Path, classes: Optional[Mapping[str, type]] = None) -> ModelBag:
-    model, _ = _MEMBER_LOADERS[path.suffix](path, classes)
+    model, _ = _MEMBER_LOADERS[path.suffix.lower()](path, classes)
     return ModelBag.single(model, name=path.stem)
 
 

@@ -276,12 +276,8 @@ class _Reporter:
     def download_progress(self):
         if self.json or self.quiet:
             return None
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-        return lambda: Progress(
-            TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            console=err_console, transient=True,
-        )
+        # hub.fetch calls progress(filename, done_bytes, total_bytes); DownloadBars draws them.
+        return DownloadBars()
 
     # -- events
     def _emit(self, **payload) -> None:
@@ -419,6 +415,212 @@ def _common_dir(outputs) -> str:
     paths = [str(p) for p in outputs.values()]
     return os.path.commonpath(paths) if len(paths) > 1 else (paths[0] if paths else "")
 
+
+
+# ---------------------------------------------------------------------------- models (issue 5)
+
+models_app = typer.Typer(
+    name="models",
+    help="List, inspect, download and remove pretrained models.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models_app, name="models")
+
+_REGISTRY_OPTION_HELP = "Extra registry YAML file (repeatable); later files override entries by name."
+
+
+class DownloadBars:
+    """A hub progress callback `(filename, done, total)` drawing one Rich bar per file.
+
+    Shows size and speed; stops (and clears itself) once every file is complete.
+    """
+
+    def __init__(self, console: Console = err_console):
+        self._console = console
+        self._progress = None
+        self._tasks: dict = {}
+
+    def __call__(self, filename: str, done: int, total: Optional[int]) -> None:
+        if self._progress is None:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+            self._progress = Progress(
+                TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                console=self._console, transient=True,
+            )
+            self._progress.start()
+        task = self._tasks.get(filename)
+        if task is None:
+            task = self._tasks[filename] = self._progress.add_task(filename, total=total)
+        self._progress.update(task, completed=done, total=total)
+        if all(t.total is not None and t.completed >= t.total for t in self._progress.tasks):
+            self.close()
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._tasks = {}
+
+
+def _fmt_bytes(n: Optional[int]) -> str:
+    if not n:
+        return "?"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.0f} {unit}" if n >= 10 * scale else f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _fmt_sdr(spec, long: bool = False) -> str:
+    if spec.sdr is None:
+        return "-"
+    if spec.sdr.value is None:
+        return f"n/a ({spec.sdr.note})" if long and spec.sdr.note else "n/a"
+    return f"{spec.sdr.value:.2f} dB ({spec.sdr.dataset})"
+
+
+def _load_registry(registry: List[Path]):
+    from .registry import load_registry
+
+    return load_registry([str(r) for r in registry])
+
+
+@models_app.command("list", help="Show every model: stems, size, licence, published SDR, cached or not.")
+def models_list_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    registry: List[Path] = typer.Option([], "--registry", help=_REGISTRY_OPTION_HELP),
+) -> None:
+    with handle_errors():
+        from . import hub
+
+        reg = _load_registry(registry)
+        rows = []
+        for spec in reg:
+            entry = spec.to_dict()
+            entry["default"] = spec.name == reg.default
+            entry["cached"] = hub.cache_state(spec)
+            rows.append(entry)
+        if as_json:
+            import json
+
+            out_console.file.write(json.dumps(rows, indent=2) + "\n")
+            out_console.file.flush()
+            return
+        from rich.table import Table
+
+        table = Table(show_edge=False, header_style="bold")
+        for col in ("name", "stems", "size", "quantized", "published SDR", "licence", "cached"):
+            table.add_column(col, justify="right" if col == "size" else "left", no_wrap=col == "name")
+        for spec, row in zip(reg, rows):
+            name = spec.name + (" *" if row["default"] else "")
+            table.add_row(
+                name, ", ".join(spec.stems), _fmt_bytes(spec.download_size), spec.quantized or "no",
+                _fmt_sdr(spec), spec.licence, row["cached"],
+            )
+        out_console.print(table)
+        out_console.print(
+            "* default. Weights download from the Hugging Face Hub on first use (`unmix models download NAME` "
+            "to prefetch); `unmix models info NAME` shows licence terms and where scores come from.",
+            highlight=False,
+        )
+
+
+@models_app.command("info", help="Show everything the registry says about a model, and its cache state.")
+def models_info_cmd(
+    name: str = typer.Argument(..., help="Registry name."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    registry: List[Path] = typer.Option([], "--registry", help=_REGISTRY_OPTION_HELP),
+) -> None:
+    with handle_errors():
+        from . import hub
+
+        spec = _load_registry(registry).get(name)
+        cached = hub.cached_files(spec)
+        info = spec.to_dict()
+        info["cached"] = hub.cache_state(spec)
+        info["cache_dir"] = str(hub.cache_dir())
+        if as_json:
+            import json
+
+            out_console.file.write(json.dumps(info, indent=2) + "\n")
+            out_console.file.flush()
+            return
+        p = out_console.print
+        p(f"[bold]{spec.name}[/]  ({spec.family}{', ' + spec.arch if spec.arch else ''})", highlight=False)
+        p(spec.description, highlight=False)
+        p(f"stems:        {', '.join(spec.stems)}  @ {spec.sample_rate} Hz", highlight=False)
+        p(f"source:       https://huggingface.co/{spec.repo} (revision {spec.revision})", highlight=False)
+        p(f"download:     {_fmt_bytes(spec.download_size)}; quantized: {spec.quantized or 'no'}", highlight=False)
+        if spec.sdr is not None:
+            per_stem = ", ".join(f"{k} {v:.2f}" for k, v in spec.sdr.stems.items())
+            p(f"published SDR: {_fmt_sdr(spec, long=True)}" + (f"; {per_stem}" if per_stem else ""), highlight=False)
+            p(f"  source:     {spec.sdr.source}", highlight=False)
+        p(f"licence:      {spec.licence}", highlight=False)
+        if spec.licence_note:
+            p(f"  {spec.licence_note}", highlight=False)
+        p(f"cached:       {info['cached']} ({hub.cache_dir()})", highlight=False)
+        for fname, path in cached.items():
+            p(f"  {fname}: {path if path else 'not cached'}", highlight=False)
+        if spec.source:
+            p(f"registry:     {spec.source}", highlight=False)
+
+
+@models_app.command("download", help="Download models now, for offline use later.")
+def models_download_cmd(
+    names: List[str] = typer.Argument(..., metavar="NAME...", help="Registry names."),
+    force: bool = typer.Option(False, "--force", help="Download again even if cached."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars."),
+    registry: List[Path] = typer.Option([], "--registry", help=_REGISTRY_OPTION_HELP),
+) -> None:
+    with handle_errors():
+        from . import hub
+
+        reg = _load_registry(registry)
+        specs = [reg.get(n) for n in names]  # unknown names fail before any download
+    failed = 0
+    for spec in specs:
+        bars = None if quiet else DownloadBars()
+        try:
+            folder = hub.fetch(spec, progress=bars, force=force)
+        except UnmixError as err:
+            failed += 1
+            if state.verbose:
+                err_console.print_exception()
+            print_error(err)
+            continue
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED)
+        finally:
+            if bars is not None:
+                bars.close()
+        err_console.print(f"{spec.name}: ready in {folder}", highlight=False)
+        if spec.licence_note and not quiet:
+            err_console.print(f"  licence: {spec.licence}. {spec.licence_note}", highlight=False)
+    if failed:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@models_app.command("remove", help="Delete models' downloaded files from the cache.")
+def models_remove_cmd(
+    names: List[str] = typer.Argument(..., metavar="NAME...", help="Registry names."),
+    registry: List[Path] = typer.Option([], "--registry", help=_REGISTRY_OPTION_HELP),
+) -> None:
+    with handle_errors():
+        from . import hub
+
+        reg = _load_registry(registry)
+        for spec in [reg.get(n) for n in names]:
+            was_cached = hub.cache_state(spec) != "no"
+            freed = hub.remove(spec)
+            if not was_cached and not freed:
+                err_console.print(f"{spec.name}: not cached", highlight=False)
+                continue
+            err_console.print(f"{spec.name}: removed ({_fmt_bytes(freed) if freed else '0 B'} freed)", highlight=False)
 
 
 def main() -> None:

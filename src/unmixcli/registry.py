@@ -1,0 +1,502 @@
+"""The model registry: `models.yaml` plus the user's own registry files.
+
+A registry file maps model names to entries that say where the weights live on
+the Hugging Face Hub (repo, revision, files, optional sha256 pins), what the
+model produces (stems, sample rate) and what a user should know before picking
+it (size, licence, published SDR, a one-line description).
+
+Files are read in this order, later entries replacing earlier ones by name:
+
+1. the built-in `models.yaml` (inside the wheel; the repo root in a checkout),
+2. `<user config dir>/unmix/models.yaml` (`$XDG_CONFIG_HOME` honoured),
+3. the files in `$UNMIX_REGISTRY` (separated by `os.pathsep`),
+4. the files given with `--registry` (`extra_files`).
+
+This module must stay cheap to import: `unmix models list` uses it and must
+not import torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import yaml
+
+from .errors import ModelNotFoundError, RegistryError
+
+FAMILIES = ("demucs", "roformer")
+REGISTRY_ENV = "UNMIX_REGISTRY"
+SCHEMA_VERSION = 1
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
+_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+_ENTRY_KEYS = {
+    "family", "description", "repo", "revision", "files", "bag", "config", "checkpoint", "arch",
+    "stems", "sample_rate", "download_size", "quantized", "licence", "licence_note", "sdr", "extra",
+}
+_FILE_KEYS = {"name", "size", "sha256"}
+_SDR_KEYS = {"value", "dataset", "source", "stems", "note"}
+_TOP_KEYS = {"version", "default", "models"}
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One file of a model's Hub repo; `size` (bytes) and `sha256` are pins when given."""
+
+    name: str
+    size: Optional[int] = None
+    sha256: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class SdrInfo:
+    """A published score: mean SDR in dB on `dataset`, as reported by `source`."""
+
+    value: Optional[float]
+    dataset: str
+    source: str
+    stems: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    note: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry, validated. Immutable."""
+
+    name: str
+    family: str
+    description: str
+    repo: str
+    revision: str
+    files: Tuple[FileSpec, ...]
+    stems: Tuple[str, ...]
+    sample_rate: int
+    licence: str
+    bag: Optional[str] = None
+    config: Any = None  # a file name among `files`, or an inline mapping (RoFormers)
+    checkpoint: Optional[str] = None
+    arch: Optional[str] = None
+    download_size: Optional[int] = None
+    quantized: Optional[str] = None  # None, or the scheme ("diffq")
+    licence_note: Optional[str] = None
+    sdr: Optional[SdrInfo] = None
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    source: Optional[str] = None  # the registry file this entry came from
+
+    @property
+    def filenames(self) -> Tuple[str, ...]:
+        return tuple(f.name for f in self.files)
+
+    def file(self, name: str) -> FileSpec:
+        for f in self.files:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-friendly view (used by `unmix models list --json` / `info`)."""
+        sdr = None
+        if self.sdr is not None:
+            sdr = {
+                "value": self.sdr.value,
+                "dataset": self.sdr.dataset,
+                "source": self.sdr.source,
+                "stems": dict(self.sdr.stems),
+                "note": self.sdr.note,
+            }
+        config = dict(self.config) if isinstance(self.config, Mapping) else self.config
+        return {
+            "name": self.name,
+            "family": self.family,
+            "description": self.description,
+            "repo": self.repo,
+            "revision": self.revision,
+            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files],
+            "bag": self.bag,
+            "config": config,
+            "checkpoint": self.checkpoint,
+            "arch": self.arch,
+            "stems": list(self.stems),
+            "sample_rate": self.sample_rate,
+            "download_size": self.download_size,
+            "quantized": self.quantized,
+            "licence": self.licence,
+            "licence_note": self.licence_note,
+            "sdr": sdr,
+            "source": self.source,
+        }
+
+
+class Registry:
+    """Named model specs, after merging every registry file (later files win)."""
+
+    def __init__(self, specs: Mapping[str, ModelSpec], default: Optional[str], sources: Sequence[str]):
+        self._specs: Dict[str, ModelSpec] = dict(specs)
+        self.default = default
+        self.sources = tuple(sources)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self) -> Iterator[ModelSpec]:
+        return iter(self._specs.values())
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def names(self) -> List[str]:
+        return list(self._specs)
+
+    def get(self, name: str) -> ModelSpec:
+        """The entry called `name`; ModelNotFoundError naming the closest names otherwise."""
+        spec = self._specs.get(name)
+        if spec is not None:
+            return spec
+        raise ModelNotFoundError(f"unknown model '{name}'", hint=self._not_found_hint(name))
+
+    def close_matches(self, name: str, n: int = 3) -> List[str]:
+        by_lower = {k.lower(): k for k in self._specs}
+        hits = difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.6)
+        return [by_lower[h] for h in hits]
+
+    def _not_found_hint(self, name: str) -> str:
+        parts = []
+        close = self.close_matches(name)
+        if close:
+            parts.append("did you mean " + ", ".join(close) + "?")
+        looks_like_path = os.sep in name or "/" in name or Path(name).suffix in {
+            ".safetensors", ".yaml", ".yml", ".ckpt", ".th", ".pth"
+        }
+        if looks_like_path:
+            parts.append(f"no file or folder '{name}' exists either.")
+        parts.append("`unmix models list` shows every model.")
+        return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects duplicate keys (a silent override is almost always a typo)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+    seen = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *anchor` is resolved by the base class; merged keys may be overridden
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def builtin_registry_path() -> Path:
+    """`models.yaml` shipped in the wheel, or the repo-root copy in an editable install."""
+    packaged = Path(__file__).resolve().parent / "models.yaml"
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "models.yaml"
+
+
+def user_registry_path() -> Path:
+    """`<user config dir>/unmix/models.yaml` (need not exist)."""
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    if xdg:
+        base = Path(xdg)
+    elif sys.platform == "win32" and os.environ.get("APPDATA"):
+        base = Path(os.environ["APPDATA"])
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path.home() / ".config"
+    return base / "unmix" / "models.yaml"
+
+
+def registry_files(extra_files: Iterable[os.PathLike | str] = (), *, include_user: bool = True) -> List[Path]:
+    """Every registry file to read, in override order (see the module docstring)."""
+    files = [builtin_registry_path()]
+    if include_user:
+        user = user_registry_path()
+        if user.is_file():
+            files.append(user)
+        env = os.environ.get(REGISTRY_ENV, "")
+        for part in env.split(os.pathsep):
+            if part.strip():
+                files.append(Path(part.strip()).expanduser())
+    files.extend(Path(f).expanduser() for f in extra_files)
+    return files
+
+
+def load_registry(extra_files: Iterable[os.PathLike | str] = (), *, include_user: bool = True) -> Registry:
+    """Read and validate every registry file; raise RegistryError naming file, entry and field."""
+    specs: Dict[str, ModelSpec] = {}
+    default: Optional[str] = None
+    sources = []
+    for path in registry_files(extra_files, include_user=include_user):
+        file_default, file_specs = load_registry_file(path)
+        for spec in file_specs:
+            specs.pop(spec.name, None)  # re-insert so an override keeps its new position last
+            specs[spec.name] = spec
+        if file_default is not None:
+            default = file_default
+        sources.append(str(path))
+    if default is not None and default not in specs:
+        raise RegistryError(f"the default model '{default}' has no entry", path=sources[-1])
+    return Registry(specs, default, sources)
+
+
+def load_registry_file(path: os.PathLike | str) -> Tuple[Optional[str], List[ModelSpec]]:
+    """Parse one registry file: `(default name or None, [ModelSpec...])`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RegistryError("registry file not found", path=path, hint="check the --registry / UNMIX_REGISTRY path")
+    except OSError as exc:
+        raise RegistryError(f"cannot read registry file ({exc.strerror or exc})", path=path)
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RegistryError(f"invalid YAML{where}: {problem}", path=path)
+    if data is None:
+        return None, []
+    if not isinstance(data, dict):
+        raise RegistryError("a registry file must be a mapping with a 'models' key", path=path)
+    # Top-level keys starting with "_" hold YAML anchors shared by entries (`<<: *name`).
+    unknown = {k for k in data if not (isinstance(k, str) and k.startswith("_"))} - _TOP_KEYS
+    if unknown:
+        raise RegistryError(f"unknown top-level key(s): {', '.join(sorted(map(str, unknown)))}", path=path)
+    version = data.get("version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise RegistryError(f"unsupported registry version {version!r} (expected {SCHEMA_VERSION})", path=path)
+    models = data.get("models") or {}
+    if not isinstance(models, dict):
+        raise RegistryError("'models' must map model names to entries", path=path)
+    specs = [_parse_entry(name, entry, path) for name, entry in models.items()]
+    default = data.get("default")
+    if default is not None and not isinstance(default, str):
+        raise RegistryError("'default' must be a model name", path=path)
+    return default, specs
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Entry:
+    """Field access with errors that name the file, the entry and the field."""
+
+    def __init__(self, name: str, raw: Dict[str, Any], path: Path):
+        self.name, self.raw, self.path = name, raw, path
+
+    def fail(self, key: str, problem: str) -> RegistryError:
+        return RegistryError(f"model '{self.name}': field '{key}': {problem}", path=self.path)
+
+    def str_(self, key: str, required: bool = False, default: Optional[str] = None) -> Optional[str]:
+        value = self.raw.get(key)
+        if value is None:
+            if required:
+                raise self.fail(key, "is required")
+            return default
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, f"must be a non-empty string, got {value!r}")
+        return value.strip()
+
+    def int_(self, key: str, value: Any = None, what: str = "a positive integer") -> Optional[int]:
+        if value is None:
+            value = self.raw.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise self.fail(key, f"must be {what}, got {value!r}")
+        return value
+
+
+def _parse_entry(name: Any, raw: Any, path: Path) -> ModelSpec:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise RegistryError(
+            f"invalid model name {name!r} (letters, digits, '_', '-', '.', starting with a letter or digit)",
+            path=path,
+        )
+    if not isinstance(raw, dict):
+        raise RegistryError(f"model '{name}': the entry must be a mapping of fields", path=path)
+    e = _Entry(name, raw, path)
+    unknown = set(raw) - _ENTRY_KEYS
+    if unknown:
+        key = sorted(map(str, unknown))[0]
+        close = difflib.get_close_matches(key, sorted(_ENTRY_KEYS), n=1)
+        raise e.fail(key, "unknown field" + (f" (did you mean '{close[0]}'?)" if close else ""))
+
+    family = e.str_("family", default="demucs")
+    if family not in FAMILIES:
+        raise e.fail("family", f"must be one of {', '.join(FAMILIES)}, got {family!r}")
+    description = e.str_("description", required=True)
+    repo = e.str_("repo", required=True)
+    if not _REPO_RE.match(repo):
+        raise e.fail("repo", f"must be a Hugging Face repo id 'owner/name', got {repo!r}")
+    revision = e.str_("revision", default="main")
+
+    files = _parse_files(e)
+    names = [f.name for f in files]
+
+    stems_raw = raw.get("stems")
+    if not isinstance(stems_raw, list) or not stems_raw or not all(isinstance(s, str) and s for s in stems_raw):
+        raise e.fail("stems", "must be a non-empty list of stem names")
+    if len(set(stems_raw)) != len(stems_raw):
+        raise e.fail("stems", "lists a stem twice")
+
+    sample_rate = e.int_("sample_rate") or 44100
+    download_size = e.int_("download_size", what="a size in bytes")
+
+    quantized_raw = raw.get("quantized", False)
+    if quantized_raw is False or quantized_raw is None:
+        quantized = None
+    elif isinstance(quantized_raw, str) and quantized_raw.strip():
+        quantized = quantized_raw.strip()
+    else:
+        raise e.fail("quantized", f"must be false or the scheme's name (e.g. diffq), got {quantized_raw!r}")
+
+    licence = e.str_("licence", required=True)
+    licence_note = e.str_("licence_note")
+    arch = e.str_("arch")
+
+    bag = e.str_("bag")
+    config = raw.get("config")
+    checkpoint = e.str_("checkpoint")
+    if family == "demucs":
+        if bag is None:
+            bag = f"{name}.yaml"
+        if bag not in names:
+            raise e.fail("bag", f"'{bag}' is not one of the entry's files")
+        if not any(n.endswith(".safetensors") for n in names):
+            raise e.fail("files", "a Demucs entry needs at least one .safetensors file")
+    else:  # roformer: weights in one checkpoint, hyper-parameters in a config file or inline
+        if config is None:
+            raise e.fail("config", "is required for a RoFormer (a config file name among 'files', or a mapping)")
+        if isinstance(config, str):
+            if config not in names:
+                raise e.fail("config", f"'{config}' is not one of the entry's files")
+        elif not isinstance(config, dict):
+            raise e.fail("config", "must be a file name or a mapping of hyper-parameters")
+        else:
+            config = MappingProxyType(dict(config))
+        if checkpoint is None:
+            weights = [n for n in names if n.endswith((".ckpt", ".safetensors", ".pth", ".th", ".bin"))]
+            if len(weights) != 1:
+                raise e.fail("checkpoint", "is required when the files do not hold exactly one checkpoint")
+            checkpoint = weights[0]
+        elif checkpoint not in names:
+            raise e.fail("checkpoint", f"'{checkpoint}' is not one of the entry's files")
+
+    sdr = _parse_sdr(e, list(stems_raw))
+
+    extra = raw.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise e.fail("extra", "must be a mapping")
+
+    return ModelSpec(
+        name=name,
+        family=family,
+        description=description,
+        repo=repo,
+        revision=revision,
+        files=tuple(files),
+        stems=tuple(stems_raw),
+        sample_rate=sample_rate,
+        licence=licence,
+        bag=bag if family == "demucs" else None,
+        config=config,
+        checkpoint=checkpoint,
+        arch=arch,
+        download_size=download_size,
+        quantized=quantized,
+        licence_note=licence_note,
+        sdr=sdr,
+        extra=MappingProxyType(dict(extra)),
+        source=str(path),
+    )
+
+
+def _parse_files(e: _Entry) -> List[FileSpec]:
+    raw = e.raw.get("files")
+    if not isinstance(raw, list) or not raw:
+        raise e.fail("files", "must be a non-empty list of file names (or {name, size, sha256} mappings)")
+    files = []
+    for i, item in enumerate(raw):
+        key = f"files[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict):
+            raise e.fail(key, "must be a file name or a {name, size, sha256} mapping")
+        unknown = set(item) - _FILE_KEYS
+        if unknown:
+            raise e.fail(key, f"unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+        fname = item.get("name")
+        if not isinstance(fname, str) or not fname or fname.startswith("/") or ".." in fname.split("/"):
+            raise e.fail(key, f"'name' must be a relative file path inside the repo, got {fname!r}")
+        size = e.int_(f"{key}.size", item.get("size"), what="a size in bytes")
+        sha = item.get("sha256")
+        if sha is not None:
+            if not isinstance(sha, str) or not _SHA256_RE.match(sha.lower()):
+                raise e.fail(f"{key}.sha256", "must be a full sha256 (64 hex digits)")
+            sha = sha.lower()
+        files.append(FileSpec(name=fname, size=size, sha256=sha))
+    names = [f.name for f in files]
+    if len(set(names)) != len(names):
+        raise e.fail("files", "lists a file twice")
+    return files
+
+
+def _parse_sdr(e: _Entry, stems: List[str]) -> Optional[SdrInfo]:
+    raw = e.raw.get("sdr")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise e.fail("sdr", "must be a mapping with value, dataset and source")
+    unknown = set(raw) - _SDR_KEYS
+    if unknown:
+        raise e.fail("sdr", f"unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    value = raw.get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise e.fail("sdr.value", f"must be a number in dB (or null), got {value!r}")
+    for key in ("dataset", "source"):
+        if not isinstance(raw.get(key), str) or not raw[key].strip():
+            raise e.fail(f"sdr.{key}", "is required (where the score comes from)")
+    per_stem = raw.get("stems") or {}
+    if not isinstance(per_stem, dict):
+        raise e.fail("sdr.stems", "must map stem names to dB")
+    for stem, v in per_stem.items():
+        if stem not in stems:
+            raise e.fail("sdr.stems", f"'{stem}' is not one of the model's stems")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise e.fail("sdr.stems", f"'{stem}' must be a number in dB")
+    note = raw.get("note")
+    if note is not None and not isinstance(note, str):
+        raise e.fail("sdr.note", "must be a string")
+    return SdrInfo(
+        value=None if value is None else float(value),
+        dataset=raw["dataset"].strip(),
+        source=raw["source"].strip(),
+        stems=MappingProxyType({k: float(v) for k, v in per_stem.items()}),
+        note=note,
+    )

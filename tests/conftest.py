@@ -1,0 +1,85 @@
+"""Shared pytest fixtures. Keep each group together, under its own heading."""
+
+from __future__ import annotations
+
+import pytest
+
+# ============================================================================
+# Hugging Face Hub / model registry (issue 5): an isolated cache and config dir,
+# and a loopback fake Hub (tests/fakehub.py) that huggingface_hub talks to.
+# ============================================================================
+
+from fakehub import FakeHub  # noqa: E402  (tests/ is on sys.path: rootdir-relative conftest)
+
+_HF_VARS = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN",
+            "HF_ENDPOINT", "UNMIX_REGISTRY")
+
+
+@pytest.fixture
+def hf_env(tmp_path, monkeypatch):
+    """A private HF cache (HF_HOME), config dir (XDG_CONFIG_HOME) and no user registry.
+
+    Also patches huggingface_hub's import-time constants, so code that calls
+    huggingface_hub without our hub.py helpers sees the same settings.
+    Returns the HF_HOME path.
+    """
+    home = tmp_path / "hf_home"
+    home.mkdir()
+    for var in _HF_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return home
+
+
+def point_hf_at(monkeypatch, url: str) -> None:
+    """Make huggingface_hub (and subprocesses) use `url` as the Hub endpoint."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+@pytest.fixture
+def fake_hub(hf_env, monkeypatch):
+    """A started FakeHub, with HF_ENDPOINT pointing at it and HF_HOME isolated.
+
+    Publish repos with `fake_hub.add_repo(repo_id, {name: bytes})` or
+    `fakehub.publish_bag(...)`; inject faults with `.fail()`, `.cut()`; stop it
+    with `.stop()` to simulate a Hub that is down.
+    """
+    hub = FakeHub().start()
+    point_hf_at(monkeypatch, hub.url)
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+@pytest.fixture
+def published_model(fake_hub, tmp_path):
+    """A Demucs-layout repo `test-owner/Tiny` (bag yaml + 2 random safetensors) on the
+    fake Hub, and a registry file with an entry `tiny` for it.
+
+    Returns a namespace: `.spec` (ModelSpec), `.files` ({name: bytes}),
+    `.registry` (the registry file's path), `.repo`, `.hub`.
+    """
+    from types import SimpleNamespace
+
+    from fakehub import publish_bag, registry_entry, write_registry
+    from unmixcli.registry import load_registry
+
+    repo = "test-owner/Tiny"
+    files = publish_bag(fake_hub, repo, "tiny", sigs=("0a1b2c3d", "4e5f6a7b"), n_values=64 * 1024)
+    reg_file = write_registry(tmp_path / "test-registry.yaml", {"tiny": registry_entry("tiny", repo, files)})
+    spec = load_registry([reg_file]).get("tiny")
+    return SimpleNamespace(spec=spec, files=files, registry=reg_file, repo=repo, hub=fake_hub)

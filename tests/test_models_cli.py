@@ -1,0 +1,136 @@
+"""`unmix models list | info | download | remove`: output, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from fakehub import write_registry
+from unmixcli import cli, hub
+
+PUBLISHED = ["htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "mdx", "mdx_extra", "mdx_q", "mdx_extra_q"]
+
+
+def _run(*args):
+    result = CliRunner().invoke(cli.app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def _stderr(result) -> str:
+    try:
+        return result.stderr
+    except ValueError:  # older Click mixes the streams
+        return result.output
+
+
+def test_list_json_parses_and_reports_the_cache(published_model):
+    result = _run("models", "list", "--json", "--registry", str(published_model.registry))
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    by_name = {r["name"]: r for r in rows}
+    assert [r["name"] for r in rows][: len(PUBLISHED)] == PUBLISHED
+    assert by_name["htdemucs"]["default"] is True and by_name["mdx"]["default"] is False
+    assert by_name["htdemucs_6s"]["stems"][-2:] == ["guitar", "piano"]
+    assert by_name["mdx_q"]["quantized"] == "diffq"
+    assert by_name["tiny"]["cached"] == "no"
+    hub.fetch(published_model.spec)
+    rows = json.loads(_run("models", "list", "--json", "--registry", str(published_model.registry)).stdout)
+    assert {r["name"]: r["cached"] for r in rows}["tiny"] == "yes"
+
+
+def test_list_table_shows_the_columns_users_need(hf_env):
+    result = _run("models", "list")
+    assert result.exit_code == 0
+    out = result.stdout
+    # (headers may wrap at the 80 columns of a non-terminal)
+    for header in ("name", "stems", "size", "quantized", "published", "SDR", "licence", "cached"):
+        assert header in out
+    for name in PUBLISHED:
+        assert name in out
+    assert "research" in out and "84 MB" in out and "9.16" in out
+
+
+def test_models_list_does_not_import_torch(hf_env):
+    code = (
+        "import sys\n"
+        "from unmixcli import cli\n"
+        "try:\n"
+        "    cli.app(['models', 'list'])\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules, 'torch imported by models list'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "htdemucs" in proc.stdout
+
+
+def test_user_registry_from_the_environment_is_listed(published_model, monkeypatch):
+    monkeypatch.setenv("UNMIX_REGISTRY", str(published_model.registry))
+    names = [r["name"] for r in json.loads(_run("models", "list", "--json").stdout)]
+    assert "tiny" in names
+
+
+def test_info_shows_licence_and_sdr_source(hf_env):
+    result = _run("models", "info", "mdx_extra")
+    assert result.exit_code == 0
+    assert "research purposes only" in result.stdout
+    assert "test set" in result.stdout
+    info = json.loads(_run("models", "info", "htdemucs", "--json").stdout)
+    assert info["repo"] == "adefossez/HTDemucs" and info["cached"] == "no"
+
+
+def test_unknown_name_suggests_close_names(hf_env):
+    result = _run("models", "info", "htdemcus")
+    assert result.exit_code == 1
+    err = _stderr(result)
+    assert "error: unknown model 'htdemcus'" in err
+    assert "did you mean htdemucs" in err
+    result = _run("models", "download", "mdx_extra", "mdx_exta_q")
+    assert result.exit_code == 1 and "did you mean mdx_extra_q" in _stderr(result)
+
+
+def test_download_then_remove(published_model):
+    reg = str(published_model.registry)
+    result = _run("models", "download", "tiny", "--registry", reg)
+    assert result.exit_code == 0, _stderr(result)
+    assert "tiny: ready in" in _stderr(result)
+    assert hub.cache_state(published_model.spec) == "yes"
+    result = _run("models", "remove", "tiny", "--registry", reg)
+    assert result.exit_code == 0 and "removed" in _stderr(result)
+    assert hub.cache_state(published_model.spec) == "no"
+    result = _run("models", "remove", "tiny", "--registry", reg)
+    assert "not cached" in _stderr(result)
+
+
+def test_download_offline_says_which_command_fetches_it(published_model, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = _run("models", "download", "tiny", "--registry", str(published_model.registry))
+    assert result.exit_code == 1
+    assert "hint: run `unmix models download tiny`" in _stderr(result)
+    assert published_model.hub.requests == []
+
+
+def test_download_http_errors_name_repo_and_file(published_model, tmp_path):
+    m = published_model
+    m.hub.fail(m.repo, "4e5f6a7b.safetensors", status=502)
+    result = _run("models", "download", "tiny", "--registry", str(m.registry), "-q")
+    assert result.exit_code == 1
+    assert "test-owner/Tiny@main/4e5f6a7b.safetensors" in _stderr(result) and "HTTP 502" in _stderr(result)
+    m.hub.stop()
+    result = _run("models", "download", "tiny", "--registry", str(m.registry), "-q")
+    assert result.exit_code == 1 and "Connection refused" in _stderr(result)
+
+
+def test_invalid_registry_file_is_one_line_error(hf_env, tmp_path):
+    bad = write_registry(tmp_path / "bad.yaml", {"x": {"description": "d"}})
+    result = _run("models", "list", "--registry", str(bad))
+    assert result.exit_code == 1
+    err = _stderr(result)
+    assert err.startswith("error: ") and "model 'x': field 'repo'" in err and str(bad) in err
+    assert "Traceback" not in err

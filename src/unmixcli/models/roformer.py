@@ -1,0 +1,673 @@
+"""Band-split RoFormer (BS-RoFormer) and Mel-Band RoFormer.
+
+The module tree, constructor arguments and parameter names follow the layout
+of the community checkpoints (Music-Source-Separation-Training, and
+lucidrains' `bs-roformer` 0.3.x, which shares it), so their state dicts load
+strictly, key for key. The forward pass is ours and written for inference:
+
+* the token grid stays in one `[B, N, K, D]` layout (N frames, K bands) the
+  whole way through; the time and frequency transformers only differ in how
+  queries, keys and values are gathered for attention, so the grid is never
+  transposed back and forth between the two;
+* residual updates, activations and norms run in place on reused work
+  buffers (large temporaries otherwise cost a fresh zeroed mapping from the
+  allocator on every layer);
+* rotary tables are built once per forward and axis, and applied to queries
+  and keys in one pass that also writes the layout attention wants;
+* attention is `scaled_dot_product_attention`.
+
+Shapes: B batch, S stems, C audio channels, T samples, F frequency bins,
+N STFT frames, K bands, D model width, H heads, E head width.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SAMPLERATE = 44100
+
+# BS-RoFormer's default split of the 1025 bins of a 2048-point STFT into 62 bands.
+DEFAULT_FREQS_PER_BANDS: Tuple[int, ...] = (
+    (2,) * 24 + (4,) * 12 + (12,) * 8 + (24,) * 8 + (48,) * 8 + (128, 129)
+)
+
+
+# --------------------------------------------------------------------------- mel bands
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above (float64)."""
+    hz = np.asarray(hz, dtype=np.float64)
+    linear_step = 200.0 / 3.0
+    knee_hz = 1000.0
+    knee_mel = knee_hz / linear_step
+    log_step = math.log(6.4) / 27.0
+    mel = hz / linear_step
+    above = hz >= knee_hz
+    mel = np.where(above, knee_mel + np.log(np.where(above, hz, knee_hz) / knee_hz) / log_step, mel)
+    return mel
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    """Inverse of `_hz_to_mel` (float64)."""
+    mel = np.asarray(mel, dtype=np.float64)
+    linear_step = 200.0 / 3.0
+    knee_hz = 1000.0
+    knee_mel = knee_hz / linear_step
+    log_step = math.log(6.4) / 27.0
+    hz = linear_step * mel
+    above = mel >= knee_mel
+    return np.where(above, knee_hz * np.exp(log_step * (mel - knee_mel)), hz)
+
+
+def slaney_mel_filterbank(
+    sample_rate: float, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: Optional[float] = None
+) -> np.ndarray:
+    """Triangular mel filters with Slaney area normalisation, `[n_mels, n_fft // 2 + 1]` float32.
+
+    Numerically the same filterbank as `librosa.filters.mel` with its defaults
+    (slaney scale and norm), which Mel-Band RoFormer uses to define its bands:
+    the triangles are computed in float64, stored as float32, then scaled.
+    """
+    if fmax is None:
+        fmax = sample_rate / 2.0
+    n_bins = n_fft // 2 + 1
+    bin_hz = np.arange(n_bins, dtype=np.float64) * (float(sample_rate) / n_fft)
+    # n_mels + 2 edges, evenly spaced on the mel axis.
+    edges_hz = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    widths = np.diff(edges_hz)
+    offsets = edges_hz[:, None] - bin_hz[None, :]  # [n_mels + 2, n_bins]
+    bank = np.zeros((n_mels, n_bins), dtype=np.float32)
+    for m in range(n_mels):
+        rising = -offsets[m] / widths[m]
+        falling = offsets[m + 2] / widths[m + 1]
+        bank[m] = np.maximum(0.0, np.minimum(rising, falling))
+    bank *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
+    return bank
+
+
+def mel_band_membership(sample_rate: int, n_fft: int, num_bands: int) -> np.ndarray:
+    """Which bins belong to which mel band, `[num_bands, n_fft // 2 + 1]` bool.
+
+    A bin belongs to every band whose filter is positive there. The lowest bin
+    (weight 0 in the first filter) and the Nyquist bin (weight ~0, rounding to
+    exactly 0 on some platforms) are forced into the first and last band so
+    that every bin is covered, as the reference does.
+    """
+    bank = slaney_mel_filterbank(sample_rate, n_fft, num_bands)
+    bank[0, 0] = 1.0
+    bank[-1, -1] = 1.0
+    member = bank > 0
+    if not member.any(axis=0).all():
+        raise ValueError("mel bands leave some frequency bins uncovered")
+    return member
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class RMSNorm(nn.Module):
+    """`x / ||x|| * sqrt(D) * gamma` over the last axis."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.scale = dim ** 0.5
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1) * (self.gamma * self.scale)
+
+    def into(self, x: Tensor, out: Tensor) -> Tensor:
+        """Normalise `x` into the preallocated `out` (may be `x` itself)."""
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(1e-12)
+        torch.div(x, norm, out=out)
+        return out.mul_(self.gamma * self.scale)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding over interleaved pairs of head features.
+
+    Only the per-pair frequencies are stored (`freqs`, `[E / 2]`, a
+    non-trainable parameter as in the checkpoints); angle tables are built
+    per forward for the sequence length at hand.
+    """
+
+    def __init__(self, dim: int, theta: float = 10000.0):
+        super().__init__()
+        freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))
+        self.freqs = nn.Parameter(freqs, requires_grad=False)
+
+    def tables(self, length: int, device, dtype) -> Tuple[Tensor, Tensor]:
+        """`(cos, sin)`, each `[length, E / 2]`: the angle of pair j at position i."""
+        pos = torch.arange(length, device=device, dtype=self.freqs.dtype)
+        angles = pos[:, None] * self.freqs[None, :]
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: float = 4, dropout: float = 0.0):
+        super().__init__()
+        inner = int(dim * mult)
+        self.net = nn.Sequential(
+            RMSNorm(dim),
+            nn.Linear(dim, inner),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(inner, dim),
+            nn.Dropout(dropout),
+        )
+
+    def residual_(self, x: Tensor, ws: "_Workspace") -> None:
+        """`x += net(x)` in place; `x` is `[M, D]` contiguous."""
+        norm, up, _, _, down, _ = self.net
+        h = norm.into(x, ws.get("normed", x.shape, x))
+        u = ws.get("ff_hidden", (x.shape[0], up.out_features), x)
+        torch.addmm(up.bias, h, up.weight.t(), out=u)
+        torch.ops.aten.gelu_(u)
+        x.add_(down.bias)
+        x.addmm_(u, down.weight.t())
+
+
+class Attention(nn.Module):
+    """Gated multi-head self-attention with rotary positions."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        rotary_embed: Optional[RotaryEmbedding] = None,
+        flash: bool = True,
+    ):
+        super().__init__()
+        self.heads = heads
+        self.dim_head = dim_head
+        self.scale = dim_head ** -0.5
+        inner = heads * dim_head
+        self.rotary_embed = rotary_embed
+        self.attend = nn.Dropout(dropout)  # placeholder for the reference's (parameter-free) kernel
+        self.norm = RMSNorm(dim)
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_gates = nn.Linear(dim, heads)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim, bias=False), nn.Dropout(dropout))
+        # Rotary pairs are interleaved (features 2j, 2j+1). Reordering the query
+        # and key rows of to_qkv as [evens, odds] per head turns each pair into
+        # two contiguous halves; q.k is unchanged because queries and keys are
+        # permuted alike, and values are left as they are.
+        half = torch.cat([torch.arange(0, dim_head, 2), torch.arange(1, dim_head, 2)])
+        per_head = (torch.arange(heads)[:, None] * dim_head + half[None, :]).reshape(-1)
+        order = torch.cat([per_head, per_head + inner, torch.arange(2 * inner, 3 * inner)])
+        self.register_buffer("_qkv_order", order, persistent=False)
+
+    def residual_(self, x: Tensor, axis: str, grid: Tuple[int, int, int], rope, ws: "_Workspace") -> None:
+        """`x += attention(x)` in place, attending along one axis of the token grid.
+
+        Args:
+            x: `[M, D]` contiguous, M = B * N * K tokens in (B, N, K) order.
+            axis: "time" (sequences over N, one per band) or "freq" (over K, one per frame).
+            grid: (B, N, K).
+            rope: `(cos, sin)` tables `[L, E/2]` for the sequence length L, or None.
+        """
+        bsz, frames, bands = grid
+        heads, width = self.heads, self.dim_head
+        inner = heads * width
+        h = self.norm.into(x, ws.get("normed", x.shape, x))
+        qkv = ws.get("qkv", (x.shape[0], 3 * inner), x)
+        torch.mm(h, self.to_qkv.weight.index_select(0, self._qkv_order).t(), out=qkv)
+        gates = torch.addmm(self.to_gates.bias, h, self.to_gates.weight.t()).sigmoid_()  # [M, H]
+
+        qkv6 = qkv.view(bsz, frames, bands, 3, heads, width)
+        gates5 = gates.view(bsz, frames, bands, heads, 1)
+        if axis == "time":
+            # [3, B, K, H, N, E]: one sequence of N frames per (batch, band, head).
+            src = qkv6.permute(3, 0, 2, 4, 1, 5)
+            gates5 = gates5.permute(0, 2, 3, 1, 4)  # [B, K, H, N, 1]
+            seqs, length = bsz * bands, frames
+        else:
+            # [3, B, N, H, K, E]: one sequence of K bands per (batch, frame, head).
+            src = qkv6.permute(3, 0, 1, 4, 2, 5)
+            gates5 = gates5.permute(0, 1, 3, 2, 4)  # [B, N, H, K, 1]
+            seqs, length = bsz * frames, bands
+        dst = ws.get("qkv_heads", (3,) + tuple(src.shape[1:]), x)
+        if rope is not None:
+            cos, sin = rope
+            half = width // 2
+            s1, s2 = src[:2, ..., :half], src[:2, ..., half:]
+            d1, d2 = dst[:2, ..., :half], dst[:2, ..., half:]
+            torch.mul(s1, cos, out=d1)
+            d1.addcmul_(s2, sin, value=-1.0)
+            torch.mul(s2, cos, out=d2)
+            d2.addcmul_(s1, sin)
+            dst[2].copy_(src[2])
+        else:
+            dst.copy_(src)
+        q, k, v = (t.view(seqs, heads, length, width) for t in dst.unbind(0))
+        out = F.scaled_dot_product_attention(q, k, v)  # [seqs, H, L, E]
+
+        # Gate each head and lay the heads out per token again: [B, N, K, H, E].
+        merged = ws.get("attn_out", (bsz, frames, bands, heads, width), x)
+        if axis == "time":
+            target = merged.permute(0, 2, 3, 1, 4)  # [B, K, H, N, E]
+        else:
+            target = merged.permute(0, 1, 3, 2, 4)  # [B, N, H, K, E]
+        torch.mul(out.reshape(target.shape), gates5, out=target)
+        x.addmm_(merged.view(x.shape[0], inner), self.to_out[0].weight.t())
+
+
+class Transformer(nn.Module):
+    def __init__(
+        self,
+        *,
+        dim: int,
+        depth: int,
+        dim_head: int = 64,
+        heads: int = 8,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+        ff_mult: float = 4,
+        norm_output: bool = True,
+        rotary_embed: Optional[RotaryEmbedding] = None,
+        flash_attn: bool = True,
+    ):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.ModuleList(
+                [
+                    Attention(dim, heads=heads, dim_head=dim_head, dropout=attn_dropout,
+                              rotary_embed=rotary_embed, flash=flash_attn),
+                    FeedForward(dim, mult=ff_mult, dropout=ff_dropout),
+                ]
+            )
+            for _ in range(depth)
+        )
+        self.norm = RMSNorm(dim) if norm_output else nn.Identity()
+
+    def run_(self, x: Tensor, axis: str, grid: Tuple[int, int, int], ropes: dict, ws: "_Workspace") -> None:
+        """Apply every layer to the token grid `x` (`[M, D]`) in place."""
+        for attn, ff in self.layers:
+            rope = None
+            if attn.rotary_embed is not None:
+                rope = ropes.get((axis, id(attn.rotary_embed)))
+                if rope is None:
+                    length = grid[1] if axis == "time" else grid[2]
+                    rope = attn.rotary_embed.tables(length, x.device, x.dtype)
+                    ropes[(axis, id(attn.rotary_embed))] = rope
+            attn.residual_(x, axis, grid, rope, ws)
+            ff.residual_(x, ws)
+        if isinstance(self.norm, RMSNorm):
+            self.norm.into(x, x)
+
+
+class BandSplit(nn.Module):
+    """Per-band RMSNorm + Linear from the band's bins to D features."""
+
+    def __init__(self, dim: int, dim_inputs: Tuple[int, ...]):
+        super().__init__()
+        self.dim_inputs = tuple(dim_inputs)
+        self.to_features = nn.ModuleList(
+            nn.Sequential(RMSNorm(d), nn.Linear(d, dim)) for d in self.dim_inputs
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """`[B, N, sum(dim_inputs)]` -> `[B, N, K, D]`."""
+        parts = [net(chunk) for chunk, net in zip(x.split(self.dim_inputs, dim=-1), self.to_features)]
+        return torch.stack(parts, dim=-2)
+
+
+def MLP(dim_in: int, dim_out: int, dim_hidden: Optional[int] = None, depth: int = 1,
+        activation: Callable[[], nn.Module] = nn.Tanh) -> nn.Sequential:
+    """Linear layers of widths `dim_in, hidden x (depth - 1), dim_out` with `activation` between."""
+    hidden = dim_in if dim_hidden is None else dim_hidden
+    widths = [dim_in] + [hidden] * (depth - 1) + [dim_out]
+    layers: List[nn.Module] = []
+    for i in range(len(widths) - 1):
+        if i:
+            layers.append(activation())
+        layers.append(nn.Linear(widths[i], widths[i + 1]))
+    return nn.Sequential(*layers)
+
+
+class MaskEstimator(nn.Module):
+    """Per-band MLP + GLU from D features back to the band's (complex) bins.
+
+    `depth` is the number of Linear layers of each band's MLP. The two
+    families read their config's `mask_estimator_depth` differently (BS: the
+    number of Linear layers; Mel: the number of hidden layers, one Linear
+    more), so each model resolves it before building this.
+    """
+
+    def __init__(self, dim: int, dim_inputs: Tuple[int, ...], depth: int, mlp_expansion_factor: int = 4):
+        super().__init__()
+        self.dim_inputs = tuple(dim_inputs)
+        hidden = dim * mlp_expansion_factor
+        self.to_freqs = nn.ModuleList(
+            nn.Sequential(MLP(dim, d * 2, dim_hidden=hidden, depth=depth), nn.GLU(dim=-1))
+            for d in self.dim_inputs
+        )
+
+    def forward(self, x: Tensor, ws: Optional["_Workspace"] = None) -> Tensor:
+        """`[B, N, K, D]` (contiguous) -> `[B, N, sum(dim_inputs)]`."""
+        ws = ws if ws is not None else _Workspace()
+        bsz, frames, bands, dim = x.shape
+        rows = bsz * frames
+        tokens = x.view(rows, bands, dim)
+        out = x.new_empty(rows, sum(self.dim_inputs))
+        offset = 0
+        for band, (mlp_glu, width) in enumerate(zip(self.to_freqs, self.dim_inputs)):
+            linears = [m for m in mlp_glu[0] if isinstance(m, nn.Linear)]
+            h = tokens[:, band]  # [rows, D], rows strided by K * D
+            for i, lin in enumerate(linears[:-1]):
+                buf = ws.get(f"mask_hidden{i % 2}", (rows, lin.out_features), x)
+                torch.addmm(lin.bias, h, lin.weight.t(), out=buf)
+                h = buf.tanh_()
+            last = linears[-1]
+            y = torch.addmm(last.bias, h, last.weight.t())  # [rows, 2 * width]
+            value, gate = y.split(width, dim=-1)
+            torch.mul(value, gate.sigmoid_(), out=out[:, offset:offset + width])
+            offset += width
+        return out.view(bsz, frames, -1)
+
+
+class _Workspace:
+    """Named scratch memory reused across the layers of one forward.
+
+    Each name owns one flat block, grown when needed and viewed in whatever
+    shape the caller asks for (the time and frequency layers view the same
+    block in different orders).
+    """
+
+    def __init__(self):
+        self._bufs: Dict[str, Tensor] = {}
+
+    def get(self, name: str, shape, like: Tensor) -> Tensor:
+        shape = tuple(int(s) for s in shape)
+        numel = math.prod(shape)
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+            buf = torch.empty(numel, dtype=like.dtype, device=like.device)
+            self._bufs[name] = buf
+        return buf[:numel].view(shape)
+
+
+# --------------------------------------------------------------------------- models
+
+
+class _RoformerBase(nn.Module):
+    """What the two families share: STFT front, axial transformers, masks, ISTFT back."""
+
+    # set by subclasses
+    final_norm: Optional[RMSNorm]
+
+    def _common_init(self, *, dim, depth, stereo, num_stems, time_transformer_depth, freq_transformer_depth,
+                     dim_head, heads, attn_dropout, ff_dropout, flash_attn, stft_n_fft, stft_hop_length,
+                     stft_win_length, stft_normalized, stft_window_fn, norm_output, skip_connection, zero_dc,
+                     linear_transformer_depth, sources, segment, sample_rate):
+        if linear_transformer_depth:
+            raise ValueError("linear_transformer_depth > 0 (linear-attention layers) is not supported")
+        self.stereo = stereo
+        self.audio_channels = 2 if stereo else 1
+        self.num_stems = num_stems
+        self.skip_connection = skip_connection
+        self.zero_dc = zero_dc
+        self.samplerate = int(sample_rate)
+        self.sources = list(sources) if sources is not None else [f"stem{i}" for i in range(num_stems)]
+        if len(self.sources) != num_stems:
+            raise ValueError(f"{num_stems} stems but {len(self.sources)} source names")
+        self.segment = segment
+        self.stft_kwargs = dict(n_fft=stft_n_fft, hop_length=stft_hop_length, win_length=stft_win_length,
+                                normalized=stft_normalized)
+        self.stft_window_fn = stft_window_fn if stft_window_fn is not None else torch.hann_window
+        self.layers = nn.ModuleList()
+        kw = dict(dim=dim, heads=heads, dim_head=dim_head, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
+                  flash_attn=flash_attn, norm_output=norm_output)
+        # One rotary module per axis, shared by every layer on that axis (so its
+        # `freqs` appear under each attention's key in the state dict).
+        time_rope = RotaryEmbedding(dim_head)
+        freq_rope = RotaryEmbedding(dim_head)
+        for _ in range(depth):
+            self.layers.append(nn.ModuleList([
+                Transformer(depth=time_transformer_depth, rotary_embed=time_rope, **kw),
+                Transformer(depth=freq_transformer_depth, rotary_embed=freq_rope, **kw),
+            ]))
+
+    @property
+    def num_bins(self) -> int:
+        return self.stft_kwargs["n_fft"] // 2 + 1
+
+    def _window(self, device) -> Tensor:
+        return self.stft_window_fn(self.stft_kwargs["win_length"], device=device)
+
+    def _bands_in(self, spec: Tensor) -> Tensor:
+        """Pick the bins each band reads: `[B, N, F * C, 2]` -> `[B, N, sum(band bins * C), 2]`."""
+        raise NotImplementedError
+
+    def _masks_out(self, masks: Tensor) -> Tensor:
+        """Per-band masks `[B, S, N, sum(band bins * C), 2]` -> per-bin `[B, S, N, F * C, 2]`."""
+        raise NotImplementedError
+
+    def _trunk(self, x: Tensor, ws: _Workspace) -> None:
+        """Axial transformers over the token grid `x` `[B, N, K, D]`, in place."""
+        bsz, frames, bands, dim = x.shape
+        grid = (bsz, frames, bands)
+        flat = x.view(-1, dim)
+        ropes: dict = {}
+        saved: List[Tensor] = []
+        for time_tf, freq_tf in self.layers:
+            if self.skip_connection:
+                for earlier in saved:
+                    flat.add_(earlier)
+            time_tf.run_(flat, "time", grid, ropes, ws)
+            freq_tf.run_(flat, "freq", grid, ropes, ws)
+            if self.skip_connection:
+                saved.append(flat.clone())
+        if self.final_norm is not None:
+            self.final_norm.into(flat, flat)
+
+    def forward(self, mix: Tensor) -> Tensor:
+        """Separate `mix` `[B, C, T]` into stems `[B, S, C, T]` (inference only)."""
+        if mix.dim() == 2:
+            mix = mix[:, None]
+        bsz, channels, length = mix.shape
+        if channels != self.audio_channels:
+            raise ValueError(f"expected {self.audio_channels} audio channel(s), got {channels}")
+        with torch.no_grad():
+            window = self._window(mix.device)
+            spec = torch.stft(mix.reshape(bsz * channels, length), **self.stft_kwargs, window=window,
+                              return_complex=True)  # [B*C, F, N]
+            bins, frames = spec.shape[-2:]
+            # Bins and channels interleave on one axis (bin f, channel c at f * C + c),
+            # real and imaginary parts innermost: [B, N, F * C, 2].
+            spec_ri = torch.view_as_real(spec).view(bsz, channels, bins, frames, 2)
+            spec_ri = spec_ri.permute(0, 3, 2, 1, 4).reshape(bsz, frames, bins * channels, 2)
+
+            ws = _Workspace()
+            x = self.band_split(self._bands_in(spec_ri).reshape(bsz, frames, -1))  # [B, N, K, D]
+            x = x.contiguous()
+            self._trunk(x, ws)
+            masks = torch.stack([est(x, ws) for est in self.mask_estimators], dim=1)  # [B, S, N, sum]
+            del ws, x
+            masks = self._masks_out(masks.view(bsz, self.num_stems, frames, -1, 2))  # [B, S, N, F*C, 2]
+
+            out = torch.view_as_complex(spec_ri)[:, None] * torch.view_as_complex(masks)  # [B, S, N, F*C]
+            out = out.view(bsz, self.num_stems, frames, bins, channels).permute(0, 1, 4, 3, 2)
+            out = out.reshape(-1, bins, frames)  # [B*S*C, F, N]
+            if self.zero_dc:
+                out[:, 0] = 0
+            audio = torch.istft(out, **self.stft_kwargs, window=window, length=length)
+            return audio.view(bsz, self.num_stems, channels, length)
+
+
+class BSRoformer(_RoformerBase):
+    """BS-RoFormer: fixed contiguous bands given by `freqs_per_bands`.
+
+    Constructor arguments are those of the checkpoints' configs; training-only
+    ones (dropouts, losses, checkpointing, kernel choices) are accepted and
+    have no effect. Extra: `sources` (stem names), `segment` (seconds per
+    chunk), `sample_rate`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        depth: int,
+        stereo: bool = False,
+        num_stems: int = 1,
+        time_transformer_depth: int = 2,
+        freq_transformer_depth: int = 2,
+        linear_transformer_depth: int = 0,
+        freqs_per_bands: Tuple[int, ...] = DEFAULT_FREQS_PER_BANDS,
+        dim_head: int = 64,
+        heads: int = 8,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+        flash_attn: bool = True,
+        dim_freqs_in: int = 1025,
+        stft_n_fft: int = 2048,
+        stft_hop_length: int = 512,
+        stft_win_length: int = 2048,
+        stft_normalized: bool = False,
+        stft_window_fn: Optional[Callable] = None,
+        zero_dc: bool = False,
+        mask_estimator_depth: int = 2,
+        multi_stft_resolution_loss_weight: float = 1.0,
+        multi_stft_resolutions_window_sizes: Tuple[int, ...] = (4096, 2048, 1024, 512, 256),
+        multi_stft_hop_size: int = 147,
+        multi_stft_normalized: bool = False,
+        multi_stft_window_fn: Callable = torch.hann_window,
+        mlp_expansion_factor: int = 4,
+        use_torch_checkpoint: bool = False,
+        skip_connection: bool = False,
+        sage_attention: bool = False,
+        sources: Optional[Sequence[str]] = None,
+        segment: Optional[float] = None,
+        sample_rate: int = SAMPLERATE,
+    ):
+        super().__init__()
+        self._common_init(
+            dim=dim, depth=depth, stereo=stereo, num_stems=num_stems,
+            time_transformer_depth=time_transformer_depth, freq_transformer_depth=freq_transformer_depth,
+            dim_head=dim_head, heads=heads, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
+            flash_attn=flash_attn, stft_n_fft=stft_n_fft, stft_hop_length=stft_hop_length,
+            stft_win_length=stft_win_length, stft_normalized=stft_normalized, stft_window_fn=stft_window_fn,
+            norm_output=False, skip_connection=skip_connection, zero_dc=zero_dc,
+            linear_transformer_depth=linear_transformer_depth, sources=sources, segment=segment,
+            sample_rate=sample_rate,
+        )
+        self.final_norm = RMSNorm(dim)
+        freqs_per_bands = tuple(int(f) for f in freqs_per_bands)
+        if len(freqs_per_bands) < 2:
+            raise ValueError("BS-RoFormer needs at least two bands")
+        if sum(freqs_per_bands) != self.num_bins:
+            raise ValueError(f"freqs_per_bands covers {sum(freqs_per_bands)} bins, the STFT has {self.num_bins}")
+        self.freqs_per_bands = freqs_per_bands
+        band_dims = tuple(2 * f * self.audio_channels for f in freqs_per_bands)
+        self.band_split = BandSplit(dim, band_dims)
+        # BS-RoFormer's MLP depth counts Linear layers.
+        self.mask_estimators = nn.ModuleList(
+            MaskEstimator(dim, band_dims, depth=mask_estimator_depth, mlp_expansion_factor=mlp_expansion_factor)
+            for _ in range(num_stems)
+        )
+
+    def _bands_in(self, spec: Tensor) -> Tensor:
+        return spec  # the bands tile the bins in order
+
+    def _masks_out(self, masks: Tensor) -> Tensor:
+        return masks
+
+
+class MelBandRoformer(_RoformerBase):
+    """Mel-Band RoFormer: overlapping bands from a mel filterbank; masks averaged where bands overlap.
+
+    Same extra arguments as `BSRoformer`; `match_input_audio_length` is
+    accepted for compatibility (the output always has the input's length).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        depth: int,
+        stereo: bool = False,
+        num_stems: int = 1,
+        time_transformer_depth: int = 2,
+        freq_transformer_depth: int = 2,
+        linear_transformer_depth: int = 0,
+        num_bands: int = 60,
+        dim_head: int = 64,
+        heads: int = 8,
+        attn_dropout: float = 0.1,
+        ff_dropout: float = 0.1,
+        flash_attn: bool = True,
+        dim_freqs_in: int = 1025,
+        sample_rate: int = SAMPLERATE,
+        stft_n_fft: int = 2048,
+        stft_hop_length: int = 512,
+        stft_win_length: int = 2048,
+        stft_normalized: bool = False,
+        stft_window_fn: Optional[Callable] = None,
+        zero_dc: bool = False,
+        mask_estimator_depth: int = 1,
+        multi_stft_resolution_loss_weight: float = 1.0,
+        multi_stft_resolutions_window_sizes: Tuple[int, ...] = (4096, 2048, 1024, 512, 256),
+        multi_stft_hop_size: int = 147,
+        multi_stft_normalized: bool = False,
+        multi_stft_window_fn: Callable = torch.hann_window,
+        match_input_audio_length: bool = False,
+        mlp_expansion_factor: int = 4,
+        use_torch_checkpoint: bool = False,
+        skip_connection: bool = False,
+        sage_attention: bool = False,
+        sources: Optional[Sequence[str]] = None,
+        segment: Optional[float] = None,
+    ):
+        super().__init__()
+        self._common_init(
+            dim=dim, depth=depth, stereo=stereo, num_stems=num_stems,
+            time_transformer_depth=time_transformer_depth, freq_transformer_depth=freq_transformer_depth,
+            dim_head=dim_head, heads=heads, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
+            flash_attn=flash_attn, stft_n_fft=stft_n_fft, stft_hop_length=stft_hop_length,
+            stft_win_length=stft_win_length, stft_normalized=stft_normalized, stft_window_fn=stft_window_fn,
+            norm_output=True, skip_connection=skip_connection, zero_dc=zero_dc,
+            linear_transformer_depth=linear_transformer_depth, sources=sources, segment=segment,
+            sample_rate=sample_rate,
+        )
+        self.final_norm = None
+        member = torch.from_numpy(mel_band_membership(sample_rate, stft_n_fft, num_bands))  # [K, F]
+        if member.shape[1] != self.num_bins:
+            raise ValueError("mel filterbank and STFT disagree on the number of bins")
+        # Bins of band 0, then band 1, ... (a bin may appear in several bands).
+        bin_index = torch.arange(self.num_bins).expand(num_bands, -1)[member]
+        channels = self.audio_channels
+        # Each bin contributes all its channels, interleaved as on the spectrogram axis.
+        index = (bin_index[:, None] * channels + torch.arange(channels)[None, :]).reshape(-1)
+        self.register_buffer("freq_indices", index, persistent=False)
+        self.register_buffer("freqs_per_band", member, persistent=False)
+        self.register_buffer("num_freqs_per_band", member.sum(dim=1), persistent=False)
+        self.register_buffer("num_bands_per_freq", member.sum(dim=0), persistent=False)
+        band_dims = tuple(2 * int(n) * channels for n in member.sum(dim=1).tolist())
+        self.band_split = BandSplit(dim, band_dims)
+        # Mel-Band RoFormer's MLP depth counts hidden layers: one more Linear than BS.
+        self.mask_estimators = nn.ModuleList(
+            MaskEstimator(dim, band_dims, depth=mask_estimator_depth + 1,
+                          mlp_expansion_factor=mlp_expansion_factor)
+            for _ in range(num_stems)
+        )
+
+    def _bands_in(self, spec: Tensor) -> Tensor:
+        return spec.index_select(2, self.freq_indices)
+
+    def _masks_out(self, masks: Tensor) -> Tensor:
+        bsz, stems, frames, _, _ = masks.shape
+        width = self.num_bins * self.audio_channels
+        summed = masks.new_zeros(bsz, stems, frames, width, 2)
+        summed.index_add_(3, self.freq_indices, masks)
+        counts = self.num_bands_per_freq.repeat_interleave(self.audio_channels).to(masks.dtype)
+        return summed.div_(counts[:, None])

@@ -497,6 +497,11 @@ def _unpack_planes(packed: torch.Tensor, length: int) -> np.ndarray:
     return out.reshape(-1)[:length]
 
 
+def _check_widths(widths: np.ndarray) -> None:
+    if widths.size and (widths.min() < 1 or widths.max() > 15):
+        raise ValueError(f"bit widths {int(widths.min())}..{int(widths.max())} are outside 1..15")
+
+
 def _dequantize(
     param: torch.Tensor,
     entry: Any,
@@ -522,32 +527,32 @@ def _dequantize(
 
     if packed:
         widths = unpack(widths_part, n_groups).astype(np.int64) + settings.min_bits  # [n]
+        _check_widths(widths)
         if not isinstance(levels_part, (list, tuple)):
             raise ValueError("packed levels are not a list")
-        levels = np.zeros((n_groups, group), dtype=np.int32)  # [n, g]
-        covered = np.zeros(n_groups, dtype=bool)
-        for index, chunk in enumerate(levels_part):
-            width = index + 1
-            chosen = widths == width
-            count = int(chosen.sum())
+        # The levels of each width are stored back to back in group order, so
+        # concatenating the chunks by width gives the groups sorted (stably) by
+        # width; one scatter puts them back in place.
+        counts = np.bincount(widths, minlength=16)
+        chunks = []
+        for width in np.flatnonzero(counts).tolist():
+            chunk = levels_part[width - 1] if width - 1 < len(levels_part) else None
             if chunk is None:
-                continue
-            chunk_levels = unpack(chunk, count * group)
-            if count and int(chunk_levels.max()) >= 1 << width:
+                raise ValueError(f"{counts[width]} groups of bit width {width} have no stored levels")
+            chunk_levels = unpack(chunk, int(counts[width]) * group)
+            if int(chunk_levels.max()) >= 1 << width:
                 raise ValueError(f"levels stored for {width}-bit groups do not fit in {width} bits")
-            levels[chosen] = chunk_levels.reshape(count, group)
-            covered |= chosen
-        if not covered.all():
-            missing = sorted(set(widths[~covered].tolist()))
-            raise ValueError(f"groups with bit width(s) {missing} have no stored levels")
+            chunks.append(chunk_levels.reshape(-1, group))
+        levels = np.empty((n_groups, group), dtype=np.int32)  # [n, g]
+        # uint8 keys let numpy use its radix sort for the stable argsort.
+        levels[np.argsort(widths.astype(np.uint8), kind="stable")] = np.concatenate(chunks)
     else:
         widths = widths_part.detach().cpu().numpy().astype(np.int64).reshape(-1)
         levels = levels_part.detach().cpu().numpy().astype(np.int64).reshape(n_groups, group)
         if widths.shape[0] != n_groups:
             raise ValueError(f"{widths.shape[0]} bit widths for {n_groups} groups")
+        _check_widths(widths)
 
-    if (widths < 1).any() or (widths > 15).any():
-        raise ValueError("bit widths outside 1..15")
     # Same float32 arithmetic, in the same order, as the quantizer, so that the
     # result is bit-identical: level * (1 / (2**bits - 1)) * (max - min) + min.
     bits = torch.from_numpy(widths).float()[:, None]  # [n, 1]

@@ -7,8 +7,8 @@ read at call time, not at import time, so a process can change them.
 
 What this module adds on top of `hf_hub_download`:
 
-* one metadata request per file before any download, which fails fast (no
-  minute of retries) and gives clear errors naming the repo and file;
+* one metadata request per file before any download, which fails fast (not
+  after half a minute of retries) and gives clear errors naming the repo and file;
 * a check that each cached file is whole before it is loaded: its size, a
   safetensors header sanity check, and its content hash: the registry's sha256
   pin when there is one, else the Hub's own content hash, which names the cached
@@ -17,9 +17,11 @@ What this module adds on top of `hf_hub_download`:
   every run. A damaged file is fetched again when online;
 * typed errors (DownloadError, OfflineError) with a hint saying what to run.
 
-Downloads interrupted mid-file are resumed by huggingface_hub with HTTP Range
-requests; concurrent processes fetching the same file are serialised by its
-per-blob file lock. No rich / typer here: progress goes to a callback or a
+A connection dropped mid-file is resumed by huggingface_hub with HTTP Range
+requests (within the same call: the installed huggingface_hub 2.x deletes a
+partial file once it gives up, so a later run starts that file over).
+Concurrent processes fetching the same file are serialised by its per-blob
+file lock. No rich / typer here: progress goes to a callback or a
 tqdm-like class given by the caller.
 """
 
@@ -351,23 +353,13 @@ def _download(spec: ModelSpec, file: FileSpec, *, local_only: bool, force: bool,
     )
 
 
-def _fetch_one(spec: ModelSpec, file: FileSpec, *, offline: bool, force: bool, progress: Progress) -> Path:
+def _download_checked(spec: ModelSpec, file: FileSpec, *, offline: bool, local_only: bool, force: bool,
+                      progress: Progress, unreachable: Optional[Exception]) -> str:
+    """`_download`, with huggingface_hub's and the HTTP client's errors turned into ours."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    meta, unreachable = (None, None) if offline else _metadata(spec, file)
-    expected_size = getattr(meta, "size", None)
-    if meta is not None and file.sha256:
-        served = (getattr(meta, "etag", None) or "").lower()
-        if _SHA256_RE.match(served) and served != file.sha256:
-            raise DownloadError(
-                f"{_where(spec, file.name)}: the Hub serves a file whose sha256 ({served[:12]}…) differs from the"
-                f" registry's pin ({file.sha256[:12]}…)",
-                hint=f"the repo changed; pin a 'revision' for '{spec.name}' or update its sha256",
-            )
-    local_only = offline or unreachable is not None
-
     try:
-        path = _download(spec, file, local_only=local_only, force=force and not local_only, progress=progress)
+        return _download(spec, file, local_only=local_only, force=force, progress=progress)
     except LocalEntryNotFoundError as exc:
         if offline:
             raise OfflineError(
@@ -383,10 +375,27 @@ def _fetch_one(spec: ModelSpec, file: FileSpec, *, offline: bool, force: bool, p
                             hint="retry later; the Hub may be down") from exc
     except _network_errors() as exc:
         raise DownloadError(f"{_where(spec, file.name)}: download interrupted ({_describe_http(exc)})",
-                            hint="retry; a new attempt resumes where this one stopped") from exc
+                            hint="check your network connection, then retry") from exc
     except OSError as exc:  # e.g. huggingface_hub's size consistency check, a full disk
         raise DownloadError(f"{_where(spec, file.name)}: download failed ({exc})", hint="retry") from exc
 
+
+def _fetch_one(spec: ModelSpec, file: FileSpec, *, offline: bool, force: bool, progress: Progress) -> Path:
+    meta, unreachable = (None, None) if offline else _metadata(spec, file)
+    expected_size = getattr(meta, "size", None)
+    if meta is not None and file.sha256:
+        served = (getattr(meta, "etag", None) or "").lower()
+        if _SHA256_RE.match(served) and served != file.sha256:
+            raise DownloadError(
+                f"{_where(spec, file.name)}: the Hub serves a file whose sha256 ({served[:12]}…) differs from the"
+                f" registry's pin ({file.sha256[:12]}…)",
+                hint=f"the repo changed; pin a 'revision' for '{spec.name}' or update its sha256",
+            )
+    local_only = offline or unreachable is not None
+    get = functools.partial(_download_checked, spec, file, offline=offline, local_only=local_only,
+                            progress=progress, unreachable=unreachable)
+
+    path = get(force=force and not local_only)
     problem = verify_file(path, file, expected_size)
     if problem is None:
         return Path(path)
@@ -398,7 +407,7 @@ def _fetch_one(spec: ModelSpec, file: FileSpec, *, offline: bool, force: bool, p
             hint=_offline_hint(spec) if offline else "check your network connection, then retry to fetch it again",
         )
     # Online: the cached copy is damaged (truncated, overwritten...): fetch it again.
-    path = _download(spec, file, local_only=False, force=True, progress=progress)
+    path = get(force=True)
     problem = verify_file(path, file, expected_size)
     if problem is not None:
         raise DownloadError(

@@ -384,3 +384,36 @@ def test_bf16_is_close_to_fp32(ref_models):
     assert snr > 20
     with pytest.raises(UsageError):
         separate_tensor(bag, mix, None, EngineOptions(precision="fp8"), CPU)
+
+
+# ----------------------------------------------------------------------------- our own models
+
+
+_REF_KWARGS = {
+    "htdemucs": dict(segment=Fraction(1, 1), channels=4, depth=2, nfft=256, t_layers=1, t_heads=2,
+                     bottom_channels=0, dconv_mode=0, t_hidden_scale=1.0),
+    "hdemucs": dict(segment=1.5, channels=4, depth=4, nfft=256, dconv_mode=0),
+    "demucs": dict(segment=1.2, channels=4, depth=3, lstm_layers=0, dconv_mode=0),
+}
+_OUR_CLASSES = {"htdemucs": "HTDemucs", "hdemucs": "HDemucs", "demucs": "Demucs"}
+
+
+@pytest.mark.parametrize("name", ["htdemucs", "hdemucs", "demucs"])
+def test_parity_with_our_models_loaded_from_reference_weights(ref_models, name):
+    import importlib
+
+    try:
+        module = importlib.import_module(f"unmixcli.models.{name}")
+        cls = getattr(module, _OUR_CLASSES[name])
+    except (ImportError, AttributeError):
+        pytest.skip(f"unmixcli.models.{name} is not available yet")
+    from demucs.apply import apply_model
+
+    reference = ref_models[name]
+    ours = cls(sources=list(reference.sources), samplerate=SR, **_REF_KWARGS[name])
+    ours.load_state_dict(reference.state_dict())
+    ours.eval()
+    mix = _noise(2, int(SR * 2.45), seed=10)
+    ref = apply_model(reference, mix[None], shifts=0, split=True, overlap=0.25)[0]
+    out = separate_tensor(ModelBag.single(ours, normalize=False), mix, None, EngineOptions(), CPU)
+    _assert_parity(out, ref, reference.sources)

@@ -24,6 +24,7 @@ The work is split into small pieces:
 from __future__ import annotations
 
 import ctypes
+import os
 import random
 import sys
 import warnings
@@ -120,8 +121,6 @@ def tune_cpu_allocator() -> bool:
     Returns True when applied. Set UNMIX_NO_MALLOC_TUNING=1 to skip.
     """
     global _ALLOCATOR_TUNED
-    import os
-
     if _ALLOCATOR_TUNED:
         return True
     if not sys.platform.startswith("linux") or os.environ.get("UNMIX_NO_MALLOC_TUNING"):
@@ -131,10 +130,10 @@ def tune_cpu_allocator() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # musl or another libc: nothing to tune
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
-    # Largest values glibc accepts: trim (give back) only above 1 GiB of free heap top,
-    # and serve allocations up to 32 MiB (the max mmap threshold) from the heap.
-    ok = mallopt(m_mmap_threshold, 32 * 1024 * 1024) == 1
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's mallopt parameter numbers
+    # Serve every allocation from the heap (no per-buffer mmap/munmap) and give
+    # freed memory back to the OS only when over 1 GiB of it sits at the top.
+    ok = mallopt(m_mmap_max, 0) == 1
     ok = mallopt(m_trim_threshold, 1024 * 1024 * 1024) == 1 and ok
     _ALLOCATOR_TUNED = ok
     return ok
@@ -318,9 +317,9 @@ class _Runner:
         return self._forward_on_device(model, batch)
 
     def _forward_on_device(self, model: nn.Module, batch: Tensor) -> Tensor:
-        if _module_device(model) != self.device:
+        if isinstance(model, nn.Module) and _module_device(model) not in (None, self.device):
             model.to(self.device)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._autocast(), _fast_attention():
             out = model(batch.to(self.device))
         return out.float().cpu()
 
@@ -663,17 +662,16 @@ def separate_stream(bag: ModelBag, blocks: Iterable, total_frames: Optional[int]
     if device.type == "cpu":
         tune_cpu_allocator()
     core = None
-    with _fast_attention():
-        for block in blocks:
-            block = _as_tensor(block)
-            if core is None:
-                core = _StreamCore(bag, stems, options, device, block.shape[0], total_frames, progress)
-            if bag.normalize:
-                block = (block - mean) / std
-            yield from _denormalised(core.push(block), bag.normalize, mean, std)
+    for block in blocks:
+        block = _as_tensor(block)
         if core is None:
-            return
-        yield from _denormalised(core.finish(), bag.normalize, mean, std)
+            core = _StreamCore(bag, stems, options, device, block.shape[0], total_frames, progress)
+        if bag.normalize:
+            block = (block - mean) / std
+        yield from _denormalised(core.push(block), bag.normalize, mean, std)
+    if core is None:
+        return
+    yield from _denormalised(core.finish(), bag.normalize, mean, std)
 
 
 def _denormalised(outputs: List[Dict[str, Tensor]], normalize: bool, mean, std):
@@ -722,7 +720,8 @@ def _fast_attention():
     """Route nn.MultiheadAttention through scaled_dot_product_attention.
 
     The fused "fast path" materialises full score matrices; SDPA is ~10% faster
-    for HTDemucs on CPU and agrees to ~1e-7. Restored afterwards.
+    for HTDemucs on CPU and agrees to ~1e-7. The switch is global, so it is only
+    flipped around each model call and restored afterwards.
     """
     mha = getattr(torch.backends, "mha", None)
     if mha is None or not hasattr(mha, "set_fastpath_enabled"):

@@ -1,0 +1,195 @@
+"""Engine speed and memory, side by side with demucs.apply.apply_model.
+
+Every measurement runs in its own fresh subprocess, so that peak RSS is that
+run's alone. The network is HTDemucs in its released configuration
+(4 stems, 7.8 s segment) with random weights (seed 0): our HTDemucs loaded with
+the reference's state_dict when ours is importable, else the reference class
+for both sides (the output says which).
+
+    python benchmarks/bench_engine.py                    # 30 s, fp32 + bf16, memory 1/10/60 min
+    python benchmarks/bench_engine.py --seconds 30 120 --threads 2
+    python benchmarks/bench_engine.py --skip-memory
+
+Memory runs stream the mix through `separate_stream` (generated block by
+block, output discarded) with a cheap stub network, so that 10 and 60 minutes
+finish quickly: they measure the engine's memory, not the network's.
+Timings on a shared machine are noisy; run it when the machine is quiet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+SR = 44100
+STEMS = ["drums", "bass", "other", "vocals"]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _mix(seconds: float, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return 0.3 * torch.randn(2, int(seconds * SR), generator=g)
+
+
+def _build(kind: str):
+    """(network, description). kind: "reference" or "ours"."""
+    import torch
+    from demucs.htdemucs import HTDemucs as RefHTDemucs
+
+    torch.manual_seed(0)
+    reference = RefHTDemucs(sources=STEMS, segment=Fraction(39, 5)).eval()
+    if kind == "reference":
+        return reference, "demucs.htdemucs.HTDemucs"
+    try:
+        from unmixcli.models.htdemucs import HTDemucs
+    except ImportError:
+        return reference, "demucs.htdemucs.HTDemucs (ours not available yet)"
+    ours = HTDemucs(sources=STEMS, segment=Fraction(39, 5))
+    ours.load_state_dict(reference.state_dict())
+    return ours.eval(), "unmixcli.models.htdemucs.HTDemucs"
+
+
+class _Stub:
+    """A cheap stand-in with HTDemucs' interface: fixed 7.8 s input, 4 stems."""
+
+    def __new__(cls):
+        import torch
+        from torch import nn
+
+        class Stub(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.sources = list(STEMS)
+                self.samplerate = SR
+                self.audio_channels = 2
+                self.segment = Fraction(39, 5)
+                self.use_train_segment = True
+                self.gain = nn.Parameter(torch.linspace(0.1, 0.4, len(STEMS)))
+
+            def forward(self, x):  # [B, C, T] -> [B, S, C, T]
+                return self.gain[None, :, None, None] * x[:, None]
+
+        return Stub()
+
+
+def worker(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    seconds = args.seconds[0]
+    from unmixcli.engine import EngineOptions, separate_stream, separate_tensor
+    from unmixcli.models.bag import ModelBag
+
+    result = {"rss_before_mb": None}
+    if args.worker == "memory":
+        model = _Stub()
+        bag = ModelBag.single(model, normalize=True)
+        total = int(seconds * SR)
+        block = SR  # 1 s blocks, as an audio reader gives them
+
+        def blocks():
+            g = torch.Generator().manual_seed(0)
+            for start in range(0, total, block):
+                yield 0.3 * torch.randn(2, min(block, total - start), generator=g)
+
+        result["rss_before_mb"] = _peak_rss_mb()
+        t0 = time.perf_counter()
+        frames = 0
+        for piece in separate_stream(bag, blocks(), total, None, EngineOptions(), torch.device("cpu"),
+                                     stats=(0.0, 0.3)):
+            frames += piece["vocals"].shape[1]
+        assert frames == total
+        result.update(wall=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb(), model="stub")
+        print(json.dumps(result))
+        return
+
+    model, description = _build("reference" if args.worker == "reference" else "ours")
+    mix = _mix(seconds)
+    result["rss_before_mb"] = _peak_rss_mb()
+    t0 = time.perf_counter()
+    if args.worker == "reference":
+        from demucs.apply import apply_model
+
+        out = apply_model(model, mix[None], shifts=0, split=True, overlap=0.25)[0]
+    else:
+        bag = ModelBag.single(model, normalize=False)  # apply_model itself does not normalise
+        stems = separate_tensor(bag, mix, None, EngineOptions(precision=args.precision),
+                                torch.device("cpu"))
+        out = torch.stack([stems[s] for s in STEMS])
+    wall = time.perf_counter() - t0
+    result.update(wall=wall, peak_rss_mb=_peak_rss_mb(), model=description)
+    torch.save(out, args.save)
+    print(json.dumps(result))
+
+
+def _run(kind: str, seconds: float, threads: int, precision: str = "fp32", save: str = "") -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = [sys.executable, __file__, "--worker", kind, "--seconds", str(seconds), "--threads", str(threads),
+           "--precision", precision, "--save", save]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{kind} run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, nargs="+", default=[30.0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 run")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-minutes", type=float, nargs="+", default=[1.0, 10.0, 60.0])
+    parser.add_argument("--worker", choices=["reference", "ours", "memory"], help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--save", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    import torch
+
+    print(f"threads={args.threads}; each run in a fresh process; wall = separation only; "
+          "RSS = whole-process peak (includes the model and the mix)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for seconds in args.seconds:
+            paths = {k: str(Path(tmp) / f"{k}.pt") for k in ("ref", "fp32", "bf16")}
+            ref = _run("reference", seconds, args.threads, save=paths["ref"])
+            ours = _run("ours", seconds, args.threads, save=paths["fp32"])
+            a, b = torch.load(paths["ref"]), torch.load(paths["fp32"])
+            diff = (a - b).abs().max().item()
+            print(f"\n{seconds:g} s of audio, model: ours={ours['model']}; reference={ref['model']}")
+            print(f"  apply_model   : {ref['wall']:7.2f} s   peak RSS {ref['peak_rss_mb']:7.0f} MB")
+            print(f"  unmix fp32    : {ours['wall']:7.2f} s   peak RSS {ours['peak_rss_mb']:7.0f} MB   "
+                  f"speed-up x{ref['wall'] / ours['wall']:.2f}   max|diff| {diff:.2e} "
+                  f"(peak {a.abs().max().item():.2f})")
+            if not args.no_bf16:
+                low = _run("ours", seconds, args.threads, precision="bf16", save=paths["bf16"])
+                c = torch.load(paths["bf16"])
+                snr = 10 * torch.log10(b.pow(2).sum() / (c - b).pow(2).sum()).item()
+                print(f"  unmix bf16    : {low['wall']:7.2f} s   peak RSS {low['peak_rss_mb']:7.0f} MB   "
+                      f"speed-up x{ref['wall'] / low['wall']:.2f}   SNR vs fp32 {snr:.1f} dB")
+    if not args.skip_memory:
+        print("\nStreaming peak RSS (separate_stream, 1 s input blocks, output discarded; "
+              "STUB network, not HTDemucs: measures the engine's own memory)")
+        for minutes in args.memory_minutes:
+            mem = _run("memory", minutes * 60, args.threads)
+            print(f"  {minutes:5g} min: peak RSS {mem['peak_rss_mb']:7.0f} MB "
+                  f"(before separating {mem['rss_before_mb']:.0f} MB), {mem['wall']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

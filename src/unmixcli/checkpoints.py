@@ -209,7 +209,9 @@ def _build_model(raw: _RawCheckpoint, classes: Mapping[str, type]) -> nn.Module:
         klass = classes[raw.klass]
     except ImportError as exc:
         raise CheckpointError(
-            f"model class {raw.klass!r} is not available in this installation ({exc})", path=raw.path
+            f"model class {raw.klass!r} is not available in this installation ({exc})",
+            path=raw.path,
+            hint="reinstall unmix; this model family should be part of it",
         ) from exc
 
     kwargs = dict(raw.kwargs)

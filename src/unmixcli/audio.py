@@ -129,7 +129,7 @@ class AudioInfo:
     frames: int
     codec: str
     container: str
-    tags: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict, hash=False)
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,575 @@
+"""Evaluate separations on a folder laid out like MUSDB18-HQ, with the scores the papers report.
+
+Layout: `<root>/<track>/mixture.wav` plus one `<stem>.wav` per reference stem; `root` may
+be the split folder itself (e.g. `musdb18hq/test`) or the folder that holds it.
+
+Two ways to get the estimates:
+
+* `estimates_dir`: separations that already exist, `<estimates_dir>/<track>/<stem>.wav`
+  (written by us or by any other tool); no model runs.
+* `separate_fn(mixture_path) -> {stem: array [C, T]}`: called once per track (the CLI
+  builds it on the separation path; this module knows nothing about models).
+
+Scores (see `metrics.py`): BSS Eval v4 SDR, SIR, ISR, SAR per 1 s window, summarised per
+track by the median over windows (NaN windows ignored), as museval does; and the MDX
+challenges' whole-track "new SDR" (uSDR). Aggregates: for each stem the median over tracks
+of the per-track medians (what SiSEC 2018 and the Demucs papers report) and the mean over
+tracks (the MDX convention for uSDR; Demucs' training logs also show it); "overall" is the
+mean over stems of those per-stem aggregates (the papers' "All"/"Avg." column).
+
+Files written to `output_dir`: `tracks/<track>.json` (per-window values, museval-like
+schema, plus per-track medians), `scores.csv` (one row per track and stem),
+`summary.json` and `summary.csv` (aggregates). A track whose JSON exists with the same
+settings is not evaluated again (and not separated again), so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import EvaluationError, UsageError
+from .metrics import METRICS, bss_eval_v4, mdx_sdr, track_median
+
+PathLike = Union[str, "os.PathLike[str]"]
+SeparateFn = Callable[[Path], Mapping[str, Any]]
+"""`separate_fn(mixture_path) -> {stem: array-like [C, T]}` at the mixture's sample rate."""
+ProgressFn = Callable[[int, int, str, str], None]
+"""`progress(done, total, track, status)`, status "start" (about to evaluate), "scored" or
+"skipped" (already in the output folder); `done` counts finished tracks."""
+
+MIXTURE = "mixture"
+ACCOMPANIMENT = "accompaniment"
+VOCALS = "vocals"
+TRACK_METRICS = METRICS + ("uSDR",)
+# Demucs' stem order first (what models produce), anything else alphabetically after.
+_STEM_ORDER = ("drums", "bass", "other", "vocals", ACCOMPANIMENT)
+_FORMAT_VERSION = 1
+_LAYOUT_HINT = "expected <root>/<track>/mixture.wav and one <stem>.wav per stem (or <root>/test/<track>/...)"
+
+
+@dataclass(frozen=True)
+class EvalTrack:
+    """One track folder of the dataset."""
+
+    name: str
+    folder: Path
+
+    @property
+    def mixture(self) -> Path:
+        return self.folder / f"{MIXTURE}.wav"
+
+    def stem_files(self) -> Dict[str, Path]:
+        """Reference stems present in the folder: {stem: path}, mixture excluded."""
+        return {p.stem: p for p in sorted(self.folder.glob("*.wav")) if p.stem != MIXTURE}
+
+
+@dataclass
+class TrackScores:
+    """Scores of one track.
+
+    `frames[stem][metric]` holds per-window values (NaN where a window is not scored),
+    `scores[stem][metric]` the track summary: median over windows for the BSS Eval metrics,
+    the whole-track value for uSDR.
+    """
+
+    track: str
+    stems: Tuple[str, ...]
+    sample_rate: int
+    frames: Dict[str, Dict[str, List[float]]]
+    scores: Dict[str, Dict[str, float]]
+    settings: Dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> Dict[str, Any]:
+        hop = self.settings.get("hop", 1.0)
+        win = self.settings.get("window", 1.0)
+        targets = []
+        for stem in self.stems:
+            values = self.frames[stem]
+            n = len(values["SDR"])
+            targets.append(
+                {
+                    "name": stem,
+                    "frames": [
+                        {
+                            "time": i * hop,
+                            "duration": win,
+                            "metrics": {m: _json_number(values[m][i], 5) for m in METRICS},
+                        }
+                        for i in range(n)
+                    ],
+                }
+            )
+        return {
+            "format": _FORMAT_VERSION,
+            "track": self.track,
+            "sample_rate": self.sample_rate,
+            "settings": self.settings,
+            "scores": {s: {m: _json_number(v) for m, v in self.scores[s].items()} for s in self.stems},
+            "targets": targets,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "TrackScores":
+        frames: Dict[str, Dict[str, List[float]]] = {}
+        for target in data["targets"]:
+            frames[target["name"]] = {m: [_from_json_number(f["metrics"][m]) for f in target["frames"]] for m in METRICS}
+        scores = {s: {m: _from_json_number(v) for m, v in ms.items()} for s, ms in data["scores"].items()}
+        return cls(
+            track=data["track"],
+            stems=tuple(data["settings"]["stems"]),
+            sample_rate=int(data["sample_rate"]),
+            frames=frames,
+            scores=scores,
+            settings=dict(data["settings"]),
+        )
+
+
+@dataclass
+class EvaluationReport:
+    """What `evaluate` found; `aggregate` is the table the papers print.
+
+    `aggregate["median"][stem][metric]`: median over tracks (papers' convention);
+    `aggregate["mean"][stem][metric]`: mean over tracks (MDX convention for uSDR);
+    both carry an "overall" row = mean over stems.
+    """
+
+    dataset: Path
+    output_dir: Path
+    stems: Tuple[str, ...]
+    tracks: List[TrackScores]
+    aggregate: Dict[str, Dict[str, Dict[str, float]]]
+    skipped: List[str]
+    files: Dict[str, Path]
+
+
+def find_tracks(root: PathLike, subset: str = "test") -> Tuple[Path, List[EvalTrack]]:
+    """Locate the split folder and its track folders.
+
+    Args:
+        root: the split folder (holding track folders) or a folder holding `<subset>/`.
+    Returns:
+        (split folder, tracks sorted by name).
+    Raises:
+        EvaluationError: missing folder, no track folders, or a folder without mixture.wav.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise EvaluationError("dataset folder not found", path=root, hint=_LAYOUT_HINT)
+    split = root / subset if (root / subset).is_dir() else root
+    tracks = []
+    for folder in sorted(p for p in split.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        track = EvalTrack(folder.name, folder)
+        if not track.mixture.is_file():
+            raise EvaluationError(f"track folder has no {MIXTURE}.wav", path=folder, hint=_LAYOUT_HINT)
+        tracks.append(track)
+    if not tracks:
+        raise EvaluationError("no track folders found", path=split, hint=_LAYOUT_HINT)
+    return split, tracks
+
+
+def read_wav(path: Path) -> Tuple[np.ndarray, int]:
+    """`(audio [C, T] float64, sample rate)`; EvaluationError if the file is missing or unreadable."""
+    import soundfile
+
+    if not path.is_file():
+        raise EvaluationError("file not found", path=path, hint=_LAYOUT_HINT)
+    try:
+        audio, rate = soundfile.read(str(path), dtype="float64", always_2d=True)  # [T, C]
+    except Exception as exc:  # soundfile raises RuntimeError/LibsndfileError/TypeError
+        raise EvaluationError(f"cannot read WAV file ({exc})", path=path) from exc
+    return np.ascontiguousarray(audio.T), int(rate)
+
+
+def order_stems(stems: Sequence[str]) -> Tuple[str, ...]:
+    """Stems in the usual display order (drums, bass, other, vocals, accompaniment, others)."""
+    known = [s for s in _STEM_ORDER if s in stems]
+    return tuple(known + sorted(s for s in set(stems) if s not in _STEM_ORDER))
+
+
+def load_references(track: EvalTrack, stems: Sequence[str]) -> Tuple[Dict[str, np.ndarray], int]:
+    """Reference stems of a track, checked against its mixture.
+
+    "accompaniment" without its own file is the sum of every stem file except vocals
+    (as musdb defines it).
+
+    Returns:
+        ({stem: [C, T] float64}, sample rate).
+    Raises:
+        EvaluationError: a stem file is missing, or lengths / sample rates / channels differ.
+    """
+    mix, rate = read_wav(track.mixture)
+    files = track.stem_files()
+    refs: Dict[str, np.ndarray] = {}
+    loaded: Dict[str, np.ndarray] = {}
+
+    def load(stem: str) -> np.ndarray:
+        if stem not in loaded:
+            path = files.get(stem, track.folder / f"{stem}.wav")
+            audio, stem_rate = read_wav(path)
+            if stem_rate != rate:
+                raise EvaluationError(f"sample rate {stem_rate} Hz differs from the mixture's {rate} Hz", path=path)
+            if audio.shape != mix.shape:
+                raise EvaluationError(
+                    f"shape {_shape(audio)} differs from the mixture's {_shape(mix)}",
+                    path=path,
+                    hint="every stem must have the mixture's channels and length",
+                )
+            loaded[stem] = audio
+        return loaded[stem]
+
+    for stem in stems:
+        if stem == ACCOMPANIMENT and stem not in files:
+            parts = [s for s in files if s not in (VOCALS, ACCOMPANIMENT)]
+            if not parts:
+                raise EvaluationError("no stems to build the accompaniment from", path=track.folder, hint=_LAYOUT_HINT)
+            refs[stem] = sum(load(s) for s in parts)
+        else:
+            if stem not in files:
+                raise EvaluationError(
+                    f"reference stem '{stem}' missing",
+                    path=track.folder / f"{stem}.wav",
+                    hint=f"stems in this track: {', '.join(sorted(files)) or 'none'}",
+                )
+            refs[stem] = load(stem)
+    return refs, rate
+
+
+def score_track(
+    name: str,
+    references: Mapping[str, np.ndarray],
+    estimates: Mapping[str, np.ndarray],
+    sample_rate: int,
+    window: float = 1.0,
+    hop: float = 1.0,
+) -> TrackScores:
+    """Score one track's estimates against its references (both `{stem: [C, T]}`, same keys).
+
+    Follows museval's grouping: all stems are evaluated together (BSS Eval projects each
+    estimate on every reference), except that when both vocals and accompaniment are
+    present they form their own two-source evaluation and accompaniment is left out of
+    the other group.
+    """
+    stems = order_stems(list(references))
+    if len(stems) < 2:
+        raise UsageError(
+            "BSS Eval needs at least two stems to tell interference from the target", hint="evaluate two or more stems"
+        )
+    groups = [list(stems)]
+    if VOCALS in stems and ACCOMPANIMENT in stems:
+        rest = [s for s in stems if s != ACCOMPANIMENT]
+        # The vocals score comes from the vocals/accompaniment pair, like museval.
+        groups = ([rest] if len(rest) >= 2 else []) + [[VOCALS, ACCOMPANIMENT]]
+    win, step = int(window * sample_rate), int(hop * sample_rate)
+    frames: Dict[str, Dict[str, List[float]]] = {}
+    for group in groups:
+        refs = np.stack([references[s] for s in group])  # [S, C, T]
+        ests = np.stack([estimates[s] for s in group])
+        result = bss_eval_v4(refs, ests, window=win, hop=step).as_dict()
+        for i, stem in enumerate(group):
+            # museval stores +-inf as NaN; medians then ignore them.
+            frames[stem] = {m: [float(v) if math.isfinite(v) else math.nan for v in result[m][i]] for m in METRICS}
+    usdr = mdx_sdr(np.stack([references[s] for s in stems]), np.stack([estimates[s] for s in stems]))
+    scores = {}
+    for i, stem in enumerate(stems):
+        scores[stem] = {m: float(track_median(np.asarray(frames[stem][m]))) for m in METRICS}
+        scores[stem]["uSDR"] = float(usdr[i])
+    settings = {"stems": list(stems), "window": window, "hop": hop}
+    return TrackScores(name, stems, int(sample_rate), frames, scores, settings)
+
+
+def aggregate(tracks: Sequence[TrackScores], stems: Sequence[str]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Median and mean over tracks of each stem's track scores, plus the "overall" mean over stems."""
+    out: Dict[str, Dict[str, Dict[str, float]]] = {"median": {}, "mean": {}}
+    for how, reduce in (("median", np.nanmedian), ("mean", np.nanmean)):
+        for stem in stems:
+            out[how][stem] = {}
+            for metric in TRACK_METRICS:
+                values = np.array([t.scores[stem][metric] for t in tracks], dtype=np.float64)
+                out[how][stem][metric] = float(reduce(values)) if np.any(np.isfinite(values)) else math.nan
+        out[how]["overall"] = {}
+        for metric in TRACK_METRICS:
+            per_stem = np.array([out[how][s][metric] for s in stems])
+            out[how]["overall"][metric] = float(np.nanmean(per_stem)) if np.any(np.isfinite(per_stem)) else math.nan
+    return out
+
+
+def evaluate(
+    dataset: PathLike,
+    output_dir: PathLike,
+    *,
+    estimates_dir: Optional[PathLike] = None,
+    separate_fn: Optional[SeparateFn] = None,
+    stems: Optional[Sequence[str]] = None,
+    subset: str = "test",
+    track_names: Optional[Sequence[str]] = None,
+    window: float = 1.0,
+    hop: float = 1.0,
+    fit_length: bool = False,
+    overwrite: bool = False,
+    progress: Optional[ProgressFn] = None,
+) -> EvaluationReport:
+    """Evaluate every track of a MUSDB18(-HQ)-layout folder.
+
+    Args:
+        dataset: split folder (`.../test`) or the folder holding `<subset>/`.
+        output_dir: where the per-track JSON files and the summaries go (created).
+        estimates_dir: existing separations, `<estimates_dir>/<track>/<stem>.wav`
+            (`<estimates_dir>/<subset>/<track>/` also accepted). Exactly one of this and
+            `separate_fn` must be given.
+        separate_fn: `separate_fn(mixture_path) -> {stem: [C, T]}` at the mixture's rate.
+        stems: stems to score (at least two); default: the reference stems of the first track.
+        track_names: only these tracks (default all).
+        window, hop: BSS Eval window and hop in seconds (museval: 1.0, 1.0).
+        fit_length: pad with zeros / cut estimates to the reference length, as museval does,
+            instead of rejecting a length mismatch.
+        overwrite: evaluate again tracks already scored in `output_dir`.
+        progress: see `ProgressFn`.
+    Returns:
+        `EvaluationReport`.
+    Raises:
+        EvaluationError: bad layout (naming the missing file), mismatched lengths, sample
+            rates or channels, stems the estimates / model do not provide.
+        UsageError: both or neither of `estimates_dir` / `separate_fn`, fewer than two stems.
+    """
+    if (estimates_dir is None) == (separate_fn is None):
+        raise UsageError("give exactly one of estimates_dir and separate_fn")
+    split, tracks = find_tracks(dataset, subset)
+    if track_names is not None:
+        by_name = {t.name: t for t in tracks}
+        missing = [n for n in track_names if n not in by_name]
+        if missing:
+            raise EvaluationError(f"no track named '{missing[0]}'", path=split, hint=f"{len(tracks)} tracks are available")
+        tracks = [by_name[n] for n in track_names]
+    if stems is None:
+        stems = order_stems(list(tracks[0].stem_files()))
+    stems = order_stems(list(stems))
+    if len(stems) < 2:
+        raise UsageError(f"BSS Eval needs at least two stems, got {list(stems)}", hint="evaluate two or more stems")
+    est_root = Path(estimates_dir) if estimates_dir is not None else None
+    if est_root is not None:
+        if not est_root.is_dir():
+            raise EvaluationError("estimates folder not found", path=est_root)
+        if (est_root / subset).is_dir() and not any((est_root / t.name).is_dir() for t in tracks):
+            est_root = est_root / subset
+    # Check the whole layout before the slow part, so a typo fails at once.
+    for track in tracks:
+        files = track.stem_files()
+        for stem in stems:
+            if stem not in files and not (stem == ACCOMPANIMENT and any(s != VOCALS for s in files)):
+                raise EvaluationError(
+                    f"reference stem '{stem}' missing",
+                    path=track.folder / f"{stem}.wav",
+                    hint=f"stems in this track: {', '.join(sorted(files)) or 'none'}",
+                )
+            if est_root is not None and not (est_root / track.name / f"{stem}.wav").is_file():
+                raise EvaluationError(
+                    f"estimate of '{stem}' missing",
+                    path=est_root / track.name / f"{stem}.wav",
+                    hint="estimates must be laid out as <estimates>/<track>/<stem>.wav",
+                )
+
+    out = Path(output_dir)
+    track_dir = out / "tracks"
+    track_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"stems": list(stems), "window": float(window), "hop": float(hop)}
+    results: List[TrackScores] = []
+    skipped: List[str] = []
+    total = len(tracks)
+    for done, track in enumerate(tracks):
+        json_path = track_dir / f"{track.name}.json"
+        previous = None if overwrite else _load_previous(json_path, settings)
+        if previous is not None:
+            results.append(previous)
+            skipped.append(track.name)
+            if progress is not None:
+                progress(done + 1, total, track.name, "skipped")
+            continue
+        if progress is not None:
+            progress(done, total, track.name, "start")
+        refs, rate = load_references(track, stems)
+        if est_root is not None:
+            estimates = _load_estimates(est_root / track.name, stems, refs, rate, fit_length)
+        else:
+            estimates = _run_separation(separate_fn, track, stems, refs, fit_length)
+        scores = score_track(track.name, refs, estimates, rate, window=float(window), hop=float(hop))
+        _write_json(json_path, scores.to_json())
+        results.append(scores)
+        if progress is not None:
+            progress(done + 1, total, track.name, "scored")
+
+    agg = aggregate(results, stems)
+    files = _write_summaries(out, split, stems, results, agg, settings)
+    return EvaluationReport(split, out, tuple(stems), results, agg, skipped, files)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _shape(audio: np.ndarray) -> str:
+    return f"{audio.shape[0]} ch x {audio.shape[1]} samples"
+
+
+def _fit(est: np.ndarray, ref: np.ndarray, fit_length: bool, path: PathLike, what: str) -> np.ndarray:
+    """Check an estimate `[C, T']` against its reference `[C, T]`; pad/cut T' if asked."""
+    if est.ndim != 2 or est.shape[0] != ref.shape[0]:
+        raise EvaluationError(
+            f"{what} has shape {tuple(est.shape)}, expected {ref.shape[0]} channels x samples", path=path
+        )
+    if est.shape[1] != ref.shape[1]:
+        if not fit_length:
+            raise EvaluationError(
+                f"{what} has {est.shape[1]} samples, the reference {ref.shape[1]}",
+                path=path,
+                hint="estimates must be as long as the references (fit_length pads or cuts them like museval)",
+            )
+        if est.shape[1] > ref.shape[1]:
+            est = est[:, : ref.shape[1]]
+        else:
+            est = np.pad(est, ((0, 0), (0, ref.shape[1] - est.shape[1])))
+    return est
+
+
+def _load_estimates(folder: Path, stems: Sequence[str], refs: Mapping[str, np.ndarray], rate: int, fit_length: bool) -> Dict[str, np.ndarray]:
+    estimates = {}
+    for stem in stems:
+        path = folder / f"{stem}.wav"
+        audio, est_rate = read_wav(path)
+        if est_rate != rate:
+            raise EvaluationError(
+                f"sample rate {est_rate} Hz differs from the reference's {rate} Hz",
+                path=path,
+                hint="estimates must be at the dataset's sample rate",
+            )
+        estimates[stem] = _fit(audio, refs[stem], fit_length, path, f"estimate of '{stem}'")
+    return estimates
+
+
+def _run_separation(separate_fn: SeparateFn, track: EvalTrack, stems: Sequence[str], refs: Mapping[str, np.ndarray], fit_length: bool) -> Dict[str, np.ndarray]:
+    produced = separate_fn(track.mixture)
+    missing = [s for s in stems if s not in produced]
+    if missing:
+        raise EvaluationError(
+            f"the model does not produce stem{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
+            path=track.mixture,
+            hint=f"it produces: {', '.join(produced) or 'nothing'}; evaluate a subset of those stems",
+        )
+    return {
+        s: _fit(np.asarray(produced[s], dtype=np.float64), refs[s], fit_length, track.mixture, f"separated '{s}'")
+        for s in stems
+    }
+
+
+def _load_previous(path: Path, settings: Mapping[str, Any]) -> Optional[TrackScores]:
+    """A track's earlier result if its file exists, parses and was made with the same settings."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if data.get("format") != _FORMAT_VERSION or data.get("settings") != dict(settings):
+            return None
+        return TrackScores.from_json(data)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable or from another version: evaluate again
+
+
+def _json_number(value: float, digits: Optional[int] = None) -> Optional[float]:
+    """JSON has no NaN/inf: unscored values are written as null; optional rounding
+    (museval keeps 5 decimals per window)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), digits) if digits is not None else float(value)
+
+
+def _from_json_number(value: Optional[float]) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _write_atomic(path: Path, write: Callable[[Any], None], newline: Optional[str] = None) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_atomic(path, lambda f: json.dump(data, f, indent=1, allow_nan=False))
+
+
+def _write_summaries(
+    out: Path,
+    split: Path,
+    stems: Sequence[str],
+    tracks: Sequence[TrackScores],
+    agg: Mapping[str, Mapping[str, Mapping[str, float]]],
+    settings: Mapping[str, Any],
+) -> Dict[str, Path]:
+    files = {
+        "summary_json": out / "summary.json",
+        "summary_csv": out / "summary.csv",
+        "scores_csv": out / "scores.csv",
+        "tracks_dir": out / "tracks",
+    }
+    summary = {
+        "format": _FORMAT_VERSION,
+        "dataset": str(split),
+        "settings": dict(settings),
+        "tracks": len(tracks),
+        "aggregate": {
+            how: {row: {m: _json_number(v) for m, v in values.items()} for row, values in table.items()}
+            for how, table in agg.items()
+        },
+        "per_track": {t.track: {s: {m: _json_number(v) for m, v in t.scores[s].items()} for s in stems} for t in tracks},
+    }
+    _write_json(files["summary_json"], summary)
+
+    def write_scores(f: Any) -> None:
+        w = csv.writer(f)
+        w.writerow(["track", "stem", *TRACK_METRICS])
+        for t in tracks:
+            for s in stems:
+                w.writerow([t.track, s, *(_csv_number(t.scores[s][m]) for m in TRACK_METRICS)])
+
+    def write_summary(f: Any) -> None:
+        w = csv.writer(f)
+        w.writerow(["aggregate", "stem", *TRACK_METRICS])
+        for how, table in agg.items():
+            for row in (*stems, "overall"):
+                w.writerow([how, row, *(_csv_number(table[row][m]) for m in TRACK_METRICS)])
+
+    _write_atomic(files["scores_csv"], write_scores, newline="")
+    _write_atomic(files["summary_csv"], write_summary, newline="")
+    return files
+
+
+def _csv_number(value: float) -> str:
+    return "" if not math.isfinite(value) else f"{value:.4f}"
+
+
+__all__ = [
+    "EvalTrack",
+    "EvaluationReport",
+    "ProgressFn",
+    "SeparateFn",
+    "TrackScores",
+    "aggregate",
+    "evaluate",
+    "find_tracks",
+    "load_references",
+    "read_wav",
+    "score_track",
+]

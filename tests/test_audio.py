@@ -200,6 +200,35 @@ def test_which_trimming_ffmpeg_does_and_which_we_add(tmp_path):
         assert A.decode(path, channels=None).shape[1] == expected
 
 
+@pytest.mark.parametrize("editlist", ["0", "1"])
+def test_itunes_gapless_tag_is_honoured(tmp_path, editlist):
+    """An M4A with Apple's iTunSMPB tag (priming, padding, length): with or
+    without an edit list, we decode exactly the tagged length, aligned."""
+    n, priming = 20017, 1024
+    padding = (-(n + priming)) % 1024
+    x = tone_noise(n)
+    path = tmp_path / "itunes.m4a"
+    out = av.open(os.fspath(path), "w", format="ipod",
+                  options={"use_editlist": editlist, "movflags": "use_metadata_tags"})
+    out.metadata["iTunSMPB"] = f" 00000000 {priming:08X} {padding:08X} {n:016X} 00000000 00000000"
+    stream = out.add_stream("aac", rate=SR)
+    stream.layout, stream.format = "stereo", "fltp"
+    for start in range(0, n, 1024):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[:, start:start + 1024]), format="fltp",
+                                           layout="stereo")
+        frame.sample_rate, frame.pts, frame.time_base = SR, start, Fraction(1, SR)
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+    out.close()
+    assert raw_pyav_length(path) > n
+    assert A.probe(path).frames == n
+    y = A.decode(path)
+    assert y.shape == (2, n)
+    assert best_lag(x[0], y[0]) == 0
+
+
 def test_video_without_audio_is_rejected(tmp_path):
     path = tmp_path / "silent_film.mp4"
     out = av.open(os.fspath(path), "w")

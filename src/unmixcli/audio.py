@@ -16,7 +16,8 @@ Decoding (PyAV, FFmpeg bundled in its wheels):
   Opus pre-skip and end trimming, and the start of an MP4 edit list. It does
   not cut the end padding of MP4/M4A (AAC) audio, so we stop where the last
   packet ends (or at the edit-list duration when the two disagree, see
-  :class:`_EndTrim`). Files we write record these values exactly (our M4A
+  :class:`_Mp4Trim`; an iTunSMPB gapless tag is used
+  when present). Files we write record these values exactly (our M4A
   movie timescale is the sample rate), so a round trip gives back the written
   length with no offset. WMA in ASF records no encoder delay at all, so WMA
   files decode with the codec's delay in front (nothing to trim by).
@@ -223,40 +224,76 @@ def _is_mp4_family(container) -> bool:
     return "mp4" in container.format.name or "mov" in container.format.name
 
 
-class _EndTrim:
-    """Where the real audio of an MP4/MOV stream ends, in samples from its start.
+def _itunes_gapless(tags) -> Optional[tuple[int, int, int]]:
+    """(priming, padding, length) from an iTunSMPB tag, or None.
+
+    iTunes and Apple's encoders record gapless info as hex words:
+    `` 00000000 <priming> <padding> <length> ...``.
+    """
+    value = None
+    for key, item in (tags or {}).items():
+        if str(key).lower() == "itunsmpb":
+            value = item
+    if not value:
+        return None
+    try:
+        words = [int(word, 16) for word in str(value).split()]
+    except ValueError:
+        return None
+    if len(words) < 4 or words[3] <= 0:
+        return None
+    return words[1], words[2], words[3]
+
+
+class _Mp4Trim:
+    """Encoder delay and padding of MP4/MOV audio that FFmpeg leaves in.
 
     FFmpeg drops the priming samples an MP4 edit list marks but keeps the end
-    padding of the last AAC frame. Two records say where the audio ends: the
-    edit-list duration (rounded to the movie timescale, often 1/1000 s) and
-    the last packet's pts + duration (exact when the muxer stored the real
-    length of the last frame, as FFmpeg does). The packet end wins when the two
-    agree to within one movie tick; otherwise (e.g. a last packet that claims
-    a whole frame) the edit list is the better record.
+    padding of the last AAC frame. What we use, best record first:
+
+    * an iTunSMPB tag (iTunes, Apple encoders): exact priming and length; the
+      priming is ours to drop only when no edit list made FFmpeg do it (then
+      the first packet has pts >= 0);
+    * the last packet's pts + duration, exact when the muxer stored the real
+      length of the last frame (FFmpeg does), if it agrees with the edit-list
+      duration to within one movie tick;
+    * the edit-list duration (rounded to the movie timescale, often 1 ms).
     """
 
-    def __init__(self, container, stream):
-        self.active = _is_mp4_family(container) and bool(stream.duration) and bool(stream.time_base)
+    def __init__(self, container, stream, tags):
+        self.active = _is_mp4_family(container) and bool(stream.time_base)
+        self.skip = 0  # samples to drop at the start, decided on the first packet
         if not self.active:
             return
-        self._scale = stream.time_base * stream.codec_context.sample_rate  # time base -> samples
+        rate = stream.codec_context.sample_rate
+        self._scale = stream.time_base * rate  # time base -> samples
         self._origin = max(stream.start_time or 0, 0)
-        self._edit = stream.duration * self._scale
-        self._tick = stream.codec_context.sample_rate / 600 + 1  # QuickTime's coarsest common timescale
+        self._edit = stream.duration * self._scale if stream.duration else None
+        self._tick = rate / 600 + 1  # QuickTime's coarsest common timescale
+        self._gapless = _itunes_gapless(tags)
         self._packet_end = None
+        self._first = True
 
     def see(self, packet) -> None:
-        if self.active and packet.pts is not None and packet.duration:
+        if not self.active or packet.pts is None:
+            return
+        if self._first:
+            self._first = False
+            if self._gapless is not None and packet.pts >= 0:
+                self.skip = self._gapless[0]
+        if packet.duration:
             end = (packet.pts + packet.duration - self._origin) * self._scale
             self._packet_end = end if self._packet_end is None else max(self._packet_end, end)
 
     def limit(self) -> Optional[int]:
         if not self.active:
             return None
-        end = self._packet_end
-        if end is not None and abs(end - self._edit) <= self._tick:
+        if self._gapless is not None:
+            return self._gapless[2]
+        end, edit = self._packet_end, self._edit
+        if end is not None and (edit is None or abs(end - edit) <= self._tick):
             return int(round(end))
-        return int(round(self._edit))
+        return None if edit is None else int(round(edit))
 
 
 def _info(path: Path, container, stream) -> AudioInfo:
@@ -267,6 +304,9 @@ def _info(path: Path, container, stream) -> AudioInfo:
     for meta in (stream.metadata, container.metadata):
         for key, value in (meta or {}).items():
             tags.setdefault(str(key).lower(), value)
+    gapless = _itunes_gapless(tags) if _is_mp4_family(container) else None
+    if gapless is not None:
+        frames = gapless[2]
     codec = getattr(cc.codec, "canonical_name", None) or cc.name
     return AudioInfo(
         path=os.fspath(path),
@@ -580,8 +620,9 @@ class AudioReader:
     def _source_chunks(self) -> Iterator[np.ndarray]:
         """Decoded, channel-mapped audio at the file's rate, as [C, n] arrays."""
         av = _av()
-        trim = _EndTrim(self._container, self._stream)
+        trim = _Mp4Trim(self._container, self._stream, self.info.tags)
         emitted = 0
+        skipped = 0
         problem = None
         matrices: dict = {}
         try:
@@ -600,6 +641,10 @@ class AudioReader:
                             f"sample rate changes mid-stream ({self.info.sample_rate} -> {frame.sample_rate} Hz)",
                             path=self.path, hint="convert the file to one rate first")
                     data = _frame_to_float(frame)
+                    if skipped < trim.skip:
+                        drop = min(trim.skip - skipped, data.shape[1])
+                        data = data[:, drop:]
+                        skipped += drop
                     cap = trim.limit()
                     if cap is not None and emitted + data.shape[1] > cap:
                         data = data[:, : max(cap - emitted, 0)]
@@ -621,7 +666,7 @@ class AudioReader:
             raise AudioDecodeError(
                 "no audio could be decoded" + (f": {problem}" if problem else ""),
                 path=self.path, hint="the file may be truncated or corrupt")
-        declared, from_stream = _declared_frames(self._container, self._stream)
+        declared, from_stream = self.info.frames, _declared_frames(self._container, self._stream)[1]
         if problem is None and from_stream and emitted < declared - max(64, declared // 200):
             problem = f"file ends after {emitted / self.info.sample_rate:.2f} s of the " \
                       f"{declared / self.info.sample_rate:.2f} s its header declares (truncated?)"

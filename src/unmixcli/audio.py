@@ -19,8 +19,9 @@ Decoding (PyAV, FFmpeg bundled in its wheels):
   :class:`_Mp4Trim`; an iTunSMPB gapless tag is used
   when present). Files we write record these values exactly (our M4A
   movie timescale is the sample rate), so a round trip gives back the written
-  length with no offset. WMA in ASF records no encoder delay at all, so WMA
-  files decode with the codec's delay in front (nothing to trim by).
+  length with no offset. Where a file records no delay at all (WMA in ASF,
+  MP3 without a LAME/Xing header) there is nothing to trim by, and the audio
+  comes out as FFmpeg decodes it (shifted by the codec's delay).
 * Resampling uses our own windowed-sinc (Kaiser) polyphase resampler: a
   997 Hz tone resampled 48 kHz -> 44.1 kHz is within about -100 dB of the
   analytic tone (FFmpeg's default swr filter is far coarser and the bundled
@@ -102,7 +103,8 @@ _LOSSY = {
     "opus": ("libopus", "flt", "ogg"),
     "m4a": ("aac", "fltp", "ipod"),
 }
-_SUFFIX_ALIASES = {"wave": "wav", "fla": "flac", "ogg": "opus", "aac": "m4a", "mp4": "m4a"}
+# Other names for the same output: Ogg Opus in .ogg, AAC in an .mp4 file.
+_SUFFIX_ALIASES = {"wave": "wav", "fla": "flac", "ogg": "opus", "mp4": "m4a"}
 
 DEFAULT_BLOCK_FRAMES = 1 << 16
 
@@ -117,8 +119,9 @@ class AudioInfo:
 
     ``frames`` is the number of samples per channel after encoder delay and
     padding are removed, at ``sample_rate``. It is exact for WAV, AIFF, FLAC,
-    MP3 with a LAME/Xing header, Ogg Opus/Vorbis and the M4A files we write;
-    other M4A files are within one movie-timescale tick (usually 1 ms); for
+    MP3 with a LAME/Xing header, Ogg Opus/Vorbis, M4A with an iTunSMPB tag
+    and the M4A files we write; other M4A files are within one movie-timescale
+    tick (usually 1 ms); for
     other files it is estimated from the container duration (0 when the
     container declares none). Decoding gives the true length.
     """

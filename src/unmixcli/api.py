@@ -20,7 +20,7 @@ import torch
 
 from . import audio, engine, pretrained
 from .errors import UsageError
-from .separate import Event, Job, OutputOptions, Runtime, StemRequest, TrackResult, MixStats, plan, run_batch
+from .separate import Event, Job, OutputOptions, Runtime, StemRequest, TrackResult, plan, run_batch
 
 Waveform = Union[torch.Tensor, np.ndarray]
 
@@ -80,13 +80,9 @@ class Separator:
     def _run(self, mix: torch.Tensor, stems: Optional[Sequence[str]]) -> Dict[str, torch.Tensor]:
         """mix: [C, T] at the model's rate -> {stem: [C, T]}."""
         compute, _ = StemRequest(stems=tuple(stems) if stems else None).resolve(self.sources)
-        stats = MixStats()
-        stats.update(mix.numpy())
-        if not stats.finite:
+        if not bool(torch.isfinite(mix).all()):
             raise UsageError("the waveform contains NaN or infinite samples")
-        return engine.separate_tensor(
-            self.bag, mix, compute, self.options, self.device, stats=stats.mean_std()
-        )
+        return engine.separate_tensor(self.bag, mix, compute, self.options, self.device)
 
     def separate(
         self, waveform: Waveform, sample_rate: int, stems: Optional[Sequence[str]] = None
@@ -109,7 +105,7 @@ class Separator:
             raise UsageError(f"waveform must be [channels, samples] or [samples], got shape {tuple(x.shape)}")
         if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
             raise UsageError(f"invalid sample rate {sample_rate!r}")
-        x = audio.map_channels(x.astype(np.float32), self.bag.audio_channels)
+        x = _map_channels(x.astype(np.float32), self.bag.audio_channels)
         length = x.shape[1]
         if sample_rate != self.samplerate:
             x = audio.resample(x, int(sample_rate), self.samplerate)
@@ -151,6 +147,22 @@ class Separator:
     @property
     def runtime(self) -> Runtime:
         return Runtime(bag=self.bag, device=self.device, options=self.options, model_name=self.display_name)
+
+
+# FFmpeg's default channel orders, so that a 5.1 or 7.1 array downmixes like a 5.1 or 7.1 file.
+_DEFAULT_LAYOUTS = {
+    1: ["FC"],
+    2: ["FL", "FR"],
+    6: ["FL", "FR", "FC", "LFE", "BL", "BR"],
+    8: ["FL", "FR", "FC", "LFE", "BL", "BR", "SL", "SR"],
+}
+
+
+def _map_channels(x: np.ndarray, channels: int) -> np.ndarray:
+    """[C_in, T] -> [channels, T]: mono duplicated, surround downmixed as audio.py does for files."""
+    names = _DEFAULT_LAYOUTS.get(x.shape[0], [f"C{i}" for i in range(x.shape[0])])
+    matrix = audio.downmix_matrix(names, channels)
+    return x if matrix is None else matrix @ x
 
 
 def _fit(x: np.ndarray, length: int) -> np.ndarray:

@@ -199,7 +199,7 @@ def separate_cmd(
         )
         request = StemRequest(stems=_parse_stems(stems), karaoke=karaoke, instrumental=instrumental)
         output.validate()
-        reporter = _make_reporter(json_events, quiet)
+        reporter = _Reporter(json_events, quiet)
         with _sigterm_as_interrupt():
             if threads:
                 import torch

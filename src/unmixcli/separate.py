@@ -349,9 +349,8 @@ class MixStats:
         mean = self.total / self.frames
         # Unbiased, like torch.Tensor.std() in the reference.
         var = (self.total_sq - self.frames * mean * mean) / max(self.frames - 1, 1)
-        std = math.sqrt(max(var, 0.0))
-        # Digital silence: normalising would divide by zero; any scale gives silence back.
-        return mean, (std if std > 1e-8 else 1.0)
+        # + 1e-8 as engine.mix_stats (and the reference API): digital silence stays finite.
+        return mean, math.sqrt(max(var, 0.0)) + 1e-8
 
 
 # --------------------------------------------------------------------------- one track
@@ -469,7 +468,7 @@ def separate_track(
             path.parent.mkdir(parents=True, exist_ok=True)
             blocks = _finalise_blocks(stem_files[stem].blocks(), gain, output.clip)
             if out_rate != model_sr:
-                blocks = audio.resample_blocks(blocks, model_sr, out_rate, channels, total_frames=target_frames)
+                blocks = _resampled(blocks, model_sr, out_rate, channels, target_frames)
             with audio.AudioWriter(
                 path, out_rate, channels, fmt=output.fmt, bit_depth=output.bit_depth, bitrate=output.bitrate
             ) as writer:
@@ -495,6 +494,24 @@ def _finalise_blocks(blocks: Iterator[np.ndarray], gain: float, clip: str) -> It
         if clip == "clamp":
             block = np.clip(block, -1.0, 1.0)
         yield block
+
+
+def _resampled(blocks: Iterator[np.ndarray], sr_in: int, sr_out: int, channels: int, frames: int) -> Iterator[np.ndarray]:
+    """Stream [C, t] blocks through the band-limited resampler, giving exactly `frames` samples."""
+    rs = audio.Resampler(sr_in, sr_out, channels)
+    emitted = 0
+
+    def fit(block: np.ndarray) -> np.ndarray:
+        nonlocal emitted
+        block = block[:, : max(frames - emitted, 0)]
+        emitted += block.shape[1]
+        return block
+
+    for block in blocks:
+        yield fit(rs.process(block))
+    yield fit(rs.flush())
+    if emitted < frames:  # the input's own length can exceed the round trip by a sample
+        yield np.zeros((channels, frames - emitted), dtype=np.float32)
 
 
 def _output_rate(choice, model_sr: int, in_rate: int) -> int:

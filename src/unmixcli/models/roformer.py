@@ -13,7 +13,8 @@ strictly, key for key. The forward pass is ours and written for inference:
   buffers (large temporaries otherwise cost a fresh zeroed mapping from the
   allocator on every layer);
 * rotary tables are built once per forward and axis, and applied to queries
-  and keys in one pass that also writes the layout attention wants;
+  and keys as one complex multiplication that also writes the layout
+  attention wants;
 * attention is `scaled_dot_product_attention`.
 
 Shapes: B batch, S stems, C audio channels, T samples, F frequency bins,
@@ -143,11 +144,15 @@ class RotaryEmbedding(nn.Module):
         freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))
         self.freqs = nn.Parameter(freqs, requires_grad=False)
 
-    def tables(self, length: int, device, dtype) -> Tuple[Tensor, Tensor]:
-        """`(cos, sin)`, each `[length, E / 2]`: the angle of pair j at position i."""
+    def table(self, length: int, device, dtype) -> Tensor:
+        """`cos + i sin` of the angle of pair j at position i, complex `[length, E / 2]`.
+
+        Viewing each feature pair (2j, 2j+1) as one complex number, rotating
+        it is a single complex multiplication by this table.
+        """
         pos = torch.arange(length, device=device, dtype=self.freqs.dtype)
         angles = pos[:, None] * self.freqs[None, :]
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        return torch.complex(angles.cos().to(dtype), angles.sin().to(dtype))
 
 
 class FeedForward(nn.Module):
@@ -163,15 +168,21 @@ class FeedForward(nn.Module):
             nn.Dropout(dropout),
         )
 
+    # Tokens per block: each token is independent here, and a block's hidden
+    # activations ([2048, 4 * D]) stay in cache between the two matmuls.
+    block = 2048
+
     def residual_(self, x: Tensor, ws: "_Workspace") -> None:
         """`x += net(x)` in place; `x` is `[M, D]` contiguous."""
         norm, up, _, _, down, _ = self.net
-        h = norm.into(x, ws.get("normed", x.shape, x))
-        u = ws.get("ff_hidden", (x.shape[0], up.out_features), x)
-        torch.addmm(up.bias, h, up.weight.t(), out=u)
-        torch.ops.aten.gelu_(u)
-        x.add_(down.bias)
-        x.addmm_(u, down.weight.t())
+        for start in range(0, x.shape[0], self.block):
+            xb = x[start:start + self.block]  # [m, D], contiguous
+            h = norm.into(xb, ws.get("ff_in", xb.shape, xb))
+            u = ws.get("ff_hidden", (xb.shape[0], up.out_features), xb)
+            torch.addmm(up.bias, h, up.weight.t(), out=u)
+            torch.ops.aten.gelu_(u)
+            xb.add_(down.bias)
+            xb.addmm_(u, down.weight.t())
 
 
 class Attention(nn.Module):
@@ -197,14 +208,10 @@ class Attention(nn.Module):
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
         self.to_gates = nn.Linear(dim, heads)
         self.to_out = nn.Sequential(nn.Linear(inner, dim, bias=False), nn.Dropout(dropout))
-        # Rotary pairs are interleaved (features 2j, 2j+1). Reordering the query
-        # and key rows of to_qkv as [evens, odds] per head turns each pair into
-        # two contiguous halves; q.k is unchanged because queries and keys are
-        # permuted alike, and values are left as they are.
-        half = torch.cat([torch.arange(0, dim_head, 2), torch.arange(1, dim_head, 2)])
-        per_head = (torch.arange(heads)[:, None] * dim_head + half[None, :]).reshape(-1)
-        order = torch.cat([per_head, per_head + inner, torch.arange(2 * inner, 3 * inner)])
-        self.register_buffer("_qkv_order", order, persistent=False)
+
+    # Tokens per block for the per-token work around attention (norm, projections,
+    # gating): a block's activations stay in cache from one step to the next.
+    block = 2048
 
     def residual_(self, x: Tensor, axis: str, grid: Tuple[int, int, int], rope, ws: "_Workspace") -> None:
         """`x += attention(x)` in place, attending along one axis of the token grid.
@@ -213,52 +220,65 @@ class Attention(nn.Module):
             x: `[M, D]` contiguous, M = B * N * K tokens in (B, N, K) order.
             axis: "time" (sequences over N, one per band) or "freq" (over K, one per frame).
             grid: (B, N, K).
-            rope: `(cos, sin)` tables `[L, E/2]` for the sequence length L, or None.
+            rope: the rotary table (complex `[L, E/2]`) for the sequence length L, or None.
         """
         bsz, frames, bands = grid
         heads, width = self.heads, self.dim_head
         inner = heads * width
-        h = self.norm.into(x, ws.get("normed", x.shape, x))
-        qkv = ws.get("qkv", (x.shape[0], 3 * inner), x)
-        torch.mm(h, self.to_qkv.weight.index_select(0, self._qkv_order).t(), out=qkv)
-        gates = torch.addmm(self.to_gates.bias, h, self.to_gates.weight.t()).sigmoid_()  # [M, H]
+        time_axis = axis == "time"
+        x4 = x.view(bsz, frames, bands, -1)
+        step = max(1, self.block // bands)  # frames per block
+        blocks = [(b, n0, min(frames, n0 + step)) for b in range(bsz) for n0 in range(0, frames, step)]
 
-        qkv6 = qkv.view(bsz, frames, bands, 3, heads, width)
-        gates5 = gates.view(bsz, frames, bands, heads, 1)
-        if axis == "time":
-            # [3, B, K, H, N, E]: one sequence of N frames per (batch, band, head).
-            src = qkv6.permute(3, 0, 2, 4, 1, 5)
-            gates5 = gates5.permute(0, 2, 3, 1, 4)  # [B, K, H, N, 1]
-            seqs, length = bsz * bands, frames
+        # Queries, keys, values gathered per attention sequence:
+        # time: [3, B, K, H, N, E] (one sequence of N frames per batch, band, head);
+        # freq: [3, B, N, H, K, E] (one sequence of K bands per batch, frame, head).
+        if time_axis:
+            heads_shape = (3, bsz, bands, heads, frames, width)
         else:
-            # [3, B, N, H, K, E]: one sequence of K bands per (batch, frame, head).
-            src = qkv6.permute(3, 0, 1, 4, 2, 5)
-            gates5 = gates5.permute(0, 1, 3, 2, 4)  # [B, N, H, K, 1]
-            seqs, length = bsz * frames, bands
-        dst = ws.get("qkv_heads", (3,) + tuple(src.shape[1:]), x)
-        if rope is not None:
-            cos, sin = rope
-            half = width // 2
-            s1, s2 = src[:2, ..., :half], src[:2, ..., half:]
-            d1, d2 = dst[:2, ..., :half], dst[:2, ..., half:]
-            torch.mul(s1, cos, out=d1)
-            d1.addcmul_(s2, sin, value=-1.0)
-            torch.mul(s2, cos, out=d2)
-            d2.addcmul_(s1, sin)
-            dst[2].copy_(src[2])
-        else:
-            dst.copy_(src)
-        q, k, v = (t.view(seqs, heads, length, width) for t in dst.unbind(0))
+            heads_shape = (3, bsz, frames, heads, bands, width)
+        qkv_heads = ws.get("qkv_heads", heads_shape, x)
+        gates = ws.get("gates", (bsz, frames, bands, heads), x)
+        for b, n0, n1 in blocks:
+            xb = x4[b, n0:n1].reshape(-1, x.shape[1])  # [m, D] view, m = (n1 - n0) * K
+            h = self.norm.into(xb, ws.get("attn_in", xb.shape, x))
+            qkv = ws.get("qkv", (xb.shape[0], 3 * inner), x)
+            torch.mm(h, self.to_qkv.weight.t(), out=qkv)
+            torch.addmm(self.to_gates.bias, h, self.to_gates.weight.t(), out=gates[b, n0:n1].view(-1, heads))
+            qkv5 = qkv.view(n1 - n0, bands, 3, heads, width)
+            if time_axis:
+                src = qkv5.permute(2, 1, 3, 0, 4)  # [3, K, H, n, E]
+                dst = qkv_heads[:, b, :, :, n0:n1]
+                table = rope[n0:n1] if rope is not None else None
+            else:
+                src = qkv5.permute(2, 0, 3, 1, 4)  # [3, n, H, K, E]
+                dst = qkv_heads[:, b, n0:n1]
+                table = rope
+            if table is not None:
+                # Rotate queries and keys while gathering them: each feature pair
+                # (2j, 2j+1) as one complex number, times the table.
+                qk = torch.view_as_complex(src[:2].unflatten(-1, (width // 2, 2)))
+                torch.mul(qk, table, out=torch.view_as_complex(dst[:2].unflatten(-1, (width // 2, 2))))
+                dst[2].copy_(src[2])
+            else:
+                dst.copy_(src)
+        gates.sigmoid_()
+
+        seqs, length = (bsz * bands, frames) if time_axis else (bsz * frames, bands)
+        q, k, v = (t.view(seqs, heads, length, width) for t in qkv_heads.unbind(0))
         out = F.scaled_dot_product_attention(q, k, v)  # [seqs, H, L, E]
+        out = out.unflatten(0, (bsz, -1))  # time: [B, K, H, N, E]; freq: [B, N, H, K, E]
 
-        # Gate each head and lay the heads out per token again: [B, N, K, H, E].
-        merged = ws.get("attn_out", (bsz, frames, bands, heads, width), x)
-        if axis == "time":
-            target = merged.permute(0, 2, 3, 1, 4)  # [B, K, H, N, E]
-        else:
-            target = merged.permute(0, 1, 3, 2, 4)  # [B, N, H, K, E]
-        torch.mul(out.reshape(target.shape), gates5, out=target)
-        x.addmm_(merged.view(x.shape[0], inner), self.to_out[0].weight.t())
+        for b, n0, n1 in blocks:
+            # Gate each head and lay the heads out per token again: [n, K, H, E].
+            merged = ws.get("attn_out", (n1 - n0, bands, heads, width), x)
+            gate = gates[b, n0:n1, ..., None]  # [n, K, H, 1]
+            if time_axis:
+                torch.mul(out[b, :, :, n0:n1], gate.permute(1, 2, 0, 3), out=merged.permute(1, 2, 0, 3))
+            else:
+                torch.mul(out[b, n0:n1], gate.permute(0, 2, 1, 3), out=merged.permute(0, 2, 1, 3))
+            xb = x4[b, n0:n1].reshape(-1, x.shape[1])
+            xb.addmm_(merged.view(xb.shape[0], inner), self.to_out[0].weight.t())
 
 
 class Transformer(nn.Module):
@@ -297,7 +317,7 @@ class Transformer(nn.Module):
                 rope = ropes.get((axis, id(attn.rotary_embed)))
                 if rope is None:
                     length = grid[1] if axis == "time" else grid[2]
-                    rope = attn.rotary_embed.tables(length, x.device, x.dtype)
+                    rope = attn.rotary_embed.table(length, x.device, x.dtype)
                     ropes[(axis, id(attn.rotary_embed))] = rope
             attn.residual_(x, axis, grid, rope, ws)
             ff.residual_(x, ws)

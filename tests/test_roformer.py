@@ -327,3 +327,28 @@ def test_mismatched_or_unknown_config_is_a_checkpoint_error(tmp_path):
     cfg.write_text(MEL_YAML.replace("  skip_connection: false\n", "  skip_connection: false\n  use_pope: true\n"))
     with pytest.raises(CheckpointError, match="use_pope"):
         load_roformer(ckpt, cfg)
+
+
+def test_release_size_config_maps_to_constructor(tmp_path):
+    """A released Mel-Band RoFormer's config (every model key such configs carry) maps cleanly."""
+    import inspect
+
+    from unmixcli.roformer_ckpt import model_kwargs
+
+    cfg = tmp_path / "kj.yaml"
+    cfg.write_text(
+        "audio: {chunk_size: 352800, dim_f: 1024, dim_t: 256, hop_length: 441, n_fft: 2048, num_channels: 2,\n"
+        "        sample_rate: 44100, min_mean_abs: 0.0}\n"
+        "model:\n"
+        "  {dim: 384, depth: 6, stereo: true, num_stems: 1, time_transformer_depth: 1, freq_transformer_depth: 1,\n"
+        "   linear_transformer_depth: 0, num_bands: 60, dim_head: 64, heads: 8, attn_dropout: 0, ff_dropout: 0,\n"
+        "   flash_attn: true, dim_freqs_in: 1025, sample_rate: 44100, stft_n_fft: 2048, stft_hop_length: 441,\n"
+        "   stft_win_length: 2048, stft_normalized: false, mask_estimator_depth: 2,\n"
+        "   multi_stft_resolution_loss_weight: 1.0, multi_stft_hop_size: 147, multi_stft_normalized: false,\n"
+        "   multi_stft_resolutions_window_sizes: !!python/tuple [4096, 2048, 1024, 512, 256]}\n"
+        "training: {instruments: [vocals, other], target_instrument: vocals, use_amp: true}\n"
+        "inference: {batch_size: 4, dim_t: 256, num_overlap: 2}\n"
+    )
+    kwargs = model_kwargs(read_config(cfg), "mel_band_roformer")
+    assert kwargs["num_bands"] == 60 and kwargs["stft_hop_length"] == 441 and kwargs["sample_rate"] == 44100
+    inspect.signature(R.MelBandRoformer).bind(**kwargs)  # every key is a constructor argument

@@ -141,6 +141,14 @@ def test_rerun_skips_scored_tracks(oracle_run):
             for metric, value in a.scores[stem].items():
                 assert b.scores[stem][metric] == pytest.approx(value, abs=1e-9)
     assert second.aggregate["median"]["overall"]["SDR"] == pytest.approx(first.aggregate["median"]["overall"]["SDR"])
+    # Scores made from other estimates (another label) are not reused.
+    events.clear()
+    evaluate(
+        first.dataset, base / "scores", estimates_dir=estimates, label="another model",
+        track_names=["Artist B - Tune"], progress=lambda *a: events.append(a),
+    )
+    assert [e[3] for e in events] == ["start", "scored"]
+    assert json.loads(json_file.read_text())["settings"]["label"] == "another model"
 
 
 def test_separate_fn_mode_with_accompaniment_pair(dataset, tmp_path):

@@ -315,6 +315,7 @@ def evaluate(
     hop: float = 1.0,
     fit_length: bool = False,
     overwrite: bool = False,
+    label: Optional[str] = None,
     progress: Optional[ProgressFn] = None,
 ) -> EvaluationReport:
     """Evaluate every track of a MUSDB18(-HQ)-layout folder.
@@ -332,6 +333,9 @@ def evaluate(
         fit_length: pad with zeros / cut estimates to the reference length, as museval does,
             instead of rejecting a length mismatch.
         overwrite: evaluate again tracks already scored in `output_dir`.
+        label: what produced the estimates (the CLI passes the model name and options); kept
+            in every file, and a stored track made under another label is evaluated again.
+            Default: the estimates folder, or "separate_fn".
         progress: see `ProgressFn`.
     Returns:
         `EvaluationReport`.
@@ -380,7 +384,9 @@ def evaluate(
     out = Path(output_dir)
     track_dir = out / "tracks"
     track_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"stems": list(stems), "window": float(window), "hop": float(hop)}
+    if label is None:
+        label = str(est_root.resolve()) if est_root is not None else "separate_fn"
+    settings = {"stems": list(stems), "window": float(window), "hop": float(hop), "label": label}
     results: List[TrackScores] = []
     skipped: List[str] = []
     total = len(tracks)
@@ -401,6 +407,7 @@ def evaluate(
         else:
             estimates = _run_separation(separate_fn, track, stems, refs, fit_length)
         scores = score_track(track.name, refs, estimates, rate, window=float(window), hop=float(hop))
+        scores.settings = dict(settings)
         _write_json(json_path, scores.to_json())
         results.append(scores)
         if progress is not None:

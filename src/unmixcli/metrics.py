@@ -28,7 +28,7 @@ convolution per source, channel and window.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -120,55 +120,65 @@ def _fast_fft_size(n: int) -> int:
     return best
 
 
-def _lagged_correlations(left: np.ndarray, right: np.ndarray, max_lag: int, block_fft: int = 16384) -> np.ndarray:
+def _lagged_correlations(
+    left: np.ndarray, rights: Sequence[np.ndarray], max_lag: int, block_fft: int = 16384
+) -> np.ndarray:
     """Linear cross-correlations for lags -max_lag..max_lag of every pair of channels.
 
-    `out[p, q, max_lag + k] = sum_t left[p, t + k] * right[q, t]` (signals are zero
-    outside [0, T)). The track is cut into blocks of `right`; each is correlated with
-    the stretch of `left` that reaches `max_lag` samples beyond it on both sides, so
-    block sums add up to the exact track-long correlation without a track-length FFT.
+    `out[p, q, max_lag + k] = sum_t left[p, t + k] * right[q, t]`, where `right` is the
+    channels of all `rights` in order, and signals are zero outside [0, T). The track is
+    cut into blocks of `right`; each is correlated with the stretch of `left` that reaches
+    `max_lag` samples beyond it on both sides, so block sums add up to the exact
+    track-long correlation without a track-length FFT or a padded copy of the track.
 
     Args:
-        left: `[P, T]`; right: `[Q, T]`.
+        left: `[P, T]`; rights: arrays `[Q_i, T]`.
     Returns:
-        `[P, Q, 2 * max_lag + 1]`.
+        `[P, sum Q_i, 2 * max_lag + 1]`.
     """
     n_left, length = left.shape
-    n_right = right.shape[0]
+    n_right = sum(r.shape[0] for r in rights)
     span = 2 * max_lag
     fft_size = max(block_fft, _fast_fft_size(4 * span + 2))
     block = fft_size - span  # right-hand samples per block; the rest of the FFT holds the lags
     n_blocks = -(-length // block)
-    # left padded by max_lag in front (lags reach back) and enough behind for the last block.
-    left_pad = np.zeros((n_left, n_blocks * block + span))
-    left_pad[:, max_lag : max_lag + length] = left
-    right_pad = np.zeros((n_right, n_blocks * block))
-    right_pad[:, :length] = right
-
-    acc = np.zeros((fft_size // 2 + 1, n_left, n_right), dtype=np.complex128)  # [F, P, Q]
     group = max(1, int(2**24 // (fft_size * (n_left + n_right))))  # bounds memory per step
+
+    acc = np.zeros((fft_size // 2 + 1, n_right, n_left), dtype=np.complex128)  # [F, Q, P]
     for first in range(0, n_blocks, group):
-        idx = np.arange(first, min(first + group, n_blocks))
-        # [P, b, block + span] windows of left, [Q, b, block] blocks of right.
-        left_blocks = np.lib.stride_tricks.sliding_window_view(left_pad, block + span, axis=1)[:, idx * block]
-        right_blocks = right_pad.reshape(n_right, n_blocks, block)[:, idx]
+        count = min(group, n_blocks - first)
+        # [P, b, block + span]: left from block start - max_lag to block end + max_lag;
+        # [Q, b, block]: right blocks. Zeros past either end of the track.
+        left_blocks = np.zeros((n_left, count, block + span))
+        right_blocks = np.zeros((n_right, count, block))
+        for i in range(count):
+            start = (first + i) * block
+            lo, hi = max(start - max_lag, 0), min(start + block + max_lag, length)
+            left_blocks[:, i, lo - (start - max_lag) : hi - (start - max_lag)] = left[:, lo:hi]
+            stop = min(start + block, length)
+            row = 0
+            for right in rights:
+                right_blocks[row : row + right.shape[0], i, : stop - start] = right[:, start:stop]
+                row += right.shape[0]
         lf = np.fft.rfft(left_blocks, n=fft_size, axis=-1)  # [P, b, F]
         rf = np.fft.rfft(right_blocks, n=fft_size, axis=-1)  # [Q, b, F]
-        # Sum over blocks of lf * conj(rf), for all (p, q) pairs: one matmul per bin.
-        acc += np.matmul(lf.transpose(2, 0, 1), rf.conj().transpose(2, 1, 0))
-    corr = np.fft.irfft(acc, n=fft_size, axis=0)[: span + 1]  # [2 max_lag + 1, P, Q]
-    return np.ascontiguousarray(corr.transpose(1, 2, 0))
+        # Sum over blocks of rf * conj(lf) for all (q, p) pairs, one matmul per bin; this is
+        # the conjugate of the cross-spectrum we want (conjugating the smaller operand).
+        acc += np.matmul(rf.transpose(2, 0, 1), lf.conj().transpose(2, 1, 0))
+    corr = np.fft.irfft(acc.conj(), n=fft_size, axis=0)[: span + 1]  # [2 max_lag + 1, Q, P]
+    return np.ascontiguousarray(corr.transpose(2, 1, 0))
 
 
 def _solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Batched least-squares filters: solve (gram + ridge I) x = rhs.
+    """Batched least-squares filters: solve (gram + ridge I) x = rhs; `gram` is modified.
 
     Falls back to a minimum-norm least-squares solution for exactly singular systems,
     which is what museval does too.
     """
-    eye = np.eye(gram.shape[-1])
+    diag = np.arange(gram.shape[-1])
+    gram[..., diag, diag] += _RIDGE
     try:
-        return np.linalg.solve(gram + _RIDGE * eye, rhs)
+        return np.linalg.solve(gram, rhs)
     except np.linalg.LinAlgError:
         if gram.ndim == 2:
             return np.linalg.lstsq(gram, rhs, rcond=None)[0]
@@ -190,27 +200,27 @@ def _distortion_filters(refs: np.ndarray, ests: np.ndarray, filter_len: int) -> 
     lag = filter_len - 1
     flat_refs = refs.reshape(k, -1)  # [S*C, T]
     flat_ests = ests.reshape(k, -1)
-    corr = _lagged_correlations(flat_refs, np.concatenate([flat_refs, flat_ests]), lag)  # [K, 2K, 2L-1]
+    corr = _lagged_correlations(flat_refs, [flat_refs, flat_ests], lag)  # [K, 2K, 2L-1]
 
     # Gram matrix of delayed reference channels, rows and columns indexed (source, channel, delay):
     # <ref_p delayed by a, ref_q delayed by b> = sum_t ref_p[t] ref_q[t + a - b] = corr[q, p, lag + a - b].
+    # Each (p, q) block is Toeplitz: entry (a, b) reads lag a - b, i.e. row a is the window of
+    # the lag-reversed correlation starting at lag - a. Views, then one copy into [p, a, q, b].
+    ref_corr = corr[:, :k].transpose(1, 0, 2)[:, :, ::-1]  # [p, q, 2L-1], index lag - (a - b)
+    toeplitz = np.lib.stride_tricks.sliding_window_view(ref_corr, filter_len, axis=-1)[:, :, ::-1]  # [p, q, a, b]
+    gram = toeplitz.transpose(0, 2, 1, 3).reshape(k * filter_len, k * filter_len)
     delays = np.arange(filter_len)
-    lag_index = lag + delays[:, None] - delays[None, :]  # [L(a), L(b)]
-    ref_corr = corr[:, :k].transpose(1, 0, 2)  # [p, q, 2L-1]
-    gram = ref_corr[:, :, lag_index].transpose(0, 2, 1, 3).reshape(k * filter_len, k * filter_len)
-    gram = 0.5 * (gram + gram.T)  # exact symmetry; the two halves come from separate FFT sums
 
     # Right-hand sides: <ref_p delayed by a, est channel e> = corr[p, K + e, lag - a].
     rhs = corr[:, k:, lag - delays]  # [K(p), K(e), L(a)]
     rhs = rhs.transpose(0, 2, 1).reshape(k * filter_len, k)  # rows (S, C, L), columns (S_est, C_est)
 
-    interference = _solve(gram, rhs).reshape(n_src, n_chan, filter_len, n_src, n_chan)
-
     # Spatial filters: the same normal equations restricted to each source's own block.
     blocks = gram.reshape(n_src, n_chan * filter_len, n_src, n_chan * filter_len)
-    own_gram = blocks[np.arange(n_src), :, np.arange(n_src), :]  # [S, C*L, C*L]
+    own_gram = blocks[np.arange(n_src), :, np.arange(n_src), :]  # [S, C*L, C*L] (a copy)
     own_rhs = rhs.reshape(n_src, n_chan * filter_len, n_src, n_chan)[np.arange(n_src), :, np.arange(n_src), :]  # [S, C*L, C]
     spatial = _solve(own_gram, own_rhs).reshape(n_src, n_chan, filter_len, n_chan)
+    interference = _solve(gram, rhs).reshape(n_src, n_chan, filter_len, n_src, n_chan)
     return interference, spatial
 
 

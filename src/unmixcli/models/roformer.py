@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SAMPLERATE = 44100
+DEFAULT_SEGMENT = 352800 / SAMPLERATE  # 8 s: audio.chunk_size of most released configs
 
 # BS-RoFormer's default split of the 1025 bins of a 2048-point STFT into 62 bands.
 DEFAULT_FREQS_PER_BANDS: Tuple[int, ...] = (
@@ -440,7 +441,9 @@ class _RoformerBase(nn.Module):
         self.sources = list(sources) if sources is not None else [f"stem{i}" for i in range(num_stems)]
         if len(self.sources) != num_stems:
             raise ValueError(f"{num_stems} stems but {len(self.sources)} source names")
-        self.segment = segment
+        # Seconds per forward chunk for the engine; MSST configs say so in
+        # audio.chunk_size (the loader passes it); 8 s is the common value.
+        self.segment = float(segment) if segment is not None else DEFAULT_SEGMENT
         self.stft_kwargs = dict(n_fft=stft_n_fft, hop_length=stft_hop_length, win_length=stft_win_length,
                                 normalized=stft_normalized)
         self.stft_window_fn = stft_window_fn if stft_window_fn is not None else torch.hann_window
@@ -529,8 +532,11 @@ class BSRoformer(_RoformerBase):
 
     Constructor arguments are those of the checkpoints' configs; training-only
     ones (dropouts, losses, checkpointing, kernel choices) are accepted and
-    have no effect. Extra: `sources` (stem names), `segment` (seconds per
-    chunk), `sample_rate`.
+    have no effect. Extra: `sources` (stem names, default stem0..), `segment`
+    (seconds per chunk, default 8), `sample_rate`. Flags that differ between
+    checkpoints: `zero_dc` (silence the DC bin of the output, newer MSST),
+    `skip_connection` (each layer also gets the sum of all earlier layers'
+    outputs), `mask_estimator_depth`, `mlp_expansion_factor`.
     """
 
     def __init__(

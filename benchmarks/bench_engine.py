@@ -37,6 +37,11 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _mix(seconds: float, seed: int = 0):
     import torch
 
@@ -94,8 +99,8 @@ def worker(args) -> None:
     from unmixcli.models.bag import ModelBag
 
     result = {"rss_before_mb": None}
-    if args.worker == "memory":
-        model = _Stub()
+    if args.worker in ("memory", "memory-full"):
+        model = _Stub() if args.worker == "memory" else _build("ours")[0]
         bag = ModelBag.single(model, normalize=True)
         total = int(seconds * SR)
         block = SR  # 1 s blocks, as an audio reader gives them
@@ -112,14 +117,15 @@ def worker(args) -> None:
                                      stats=(0.0, 0.3)):
             frames += piece["vocals"].shape[1]
         assert frames == total
-        result.update(wall=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb(), model="stub")
+        result.update(wall=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb(),
+                      model="stub" if args.worker == "memory" else _build("ours")[1])
         print(json.dumps(result))
         return
 
     model, description = _build("reference" if args.worker == "reference" else "ours")
     mix = _mix(seconds)
     result["rss_before_mb"] = _peak_rss_mb()
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_seconds(), time.perf_counter()
     if args.worker == "reference":
         from demucs.apply import apply_model
 
@@ -130,7 +136,7 @@ def worker(args) -> None:
                                 torch.device("cpu"))
         out = torch.stack([stems[s] for s in STEMS])
     wall = time.perf_counter() - t0
-    result.update(wall=wall, peak_rss_mb=_peak_rss_mb(), model=description)
+    result.update(wall=wall, cpu=_cpu_seconds() - c0, peak_rss_mb=_peak_rss_mb(), model=description)
     torch.save(out, args.save)
     print(json.dumps(result))
 
@@ -145,14 +151,23 @@ def _run(kind: str, seconds: float, threads: int, precision: str = "fp32", save:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _median(runs: list) -> dict:
+    """The run with the median wall time (its other fields come with it)."""
+    return sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, nargs="+", default=[30.0])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=1, help="runs per side, alternating")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 run")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--memory-minutes", type=float, nargs="+", default=[1.0, 10.0, 60.0])
-    parser.add_argument("--worker", choices=["reference", "ours", "memory"], help=argparse.SUPPRESS)
+    parser.add_argument("--full-memory-minutes", type=float, nargs="*", default=[],
+                        help="also stream these lengths through the full HTDemucs (slow: ~21 forwards "
+                             "per 2 minutes of audio)")
+    parser.add_argument("--worker", choices=["reference", "ours", "memory", "memory-full"], help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--save", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -167,27 +182,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seconds in args.seconds:
             paths = {k: str(Path(tmp) / f"{k}.pt") for k in ("ref", "fp32", "bf16")}
-            ref = _run("reference", seconds, args.threads, save=paths["ref"])
-            ours = _run("ours", seconds, args.threads, save=paths["fp32"])
+            runs = {"ref": [], "fp32": [], "bf16": []}
+            for _ in range(args.reps):  # alternate, so that load changes hit both sides alike
+                runs["ref"].append(_run("reference", seconds, args.threads, save=paths["ref"]))
+                runs["fp32"].append(_run("ours", seconds, args.threads, save=paths["fp32"]))
+                if not args.no_bf16:
+                    runs["bf16"].append(_run("ours", seconds, args.threads, precision="bf16",
+                                             save=paths["bf16"]))
+            ref, ours = _median(runs["ref"]), _median(runs["fp32"])
             a, b = torch.load(paths["ref"]), torch.load(paths["fp32"])
             diff = (a - b).abs().max().item()
-            print(f"\n{seconds:g} s of audio, model: ours={ours['model']}; reference={ref['model']}")
-            print(f"  apply_model   : {ref['wall']:7.2f} s   peak RSS {ref['peak_rss_mb']:7.0f} MB")
-            print(f"  unmix fp32    : {ours['wall']:7.2f} s   peak RSS {ours['peak_rss_mb']:7.0f} MB   "
-                  f"speed-up x{ref['wall'] / ours['wall']:.2f}   max|diff| {diff:.2e} "
-                  f"(peak {a.abs().max().item():.2f})")
+            print(f"\n{seconds:g} s of audio, {args.reps} run(s) each, medians; "
+                  f"model: ours={ours['model']}; reference={ref['model']}")
+            print(f"  apply_model : wall {ref['wall']:7.2f} s  cpu {ref['cpu']:7.2f} s  "
+                  f"peak RSS {ref['peak_rss_mb']:6.0f} MB")
+            print(f"  unmix fp32  : wall {ours['wall']:7.2f} s  cpu {ours['cpu']:7.2f} s  "
+                  f"peak RSS {ours['peak_rss_mb']:6.0f} MB  speed-up wall x{ref['wall'] / ours['wall']:.2f} "
+                  f"cpu x{ref['cpu'] / ours['cpu']:.2f}  max|diff| {diff:.2e} (output peak {a.abs().max().item():.2f})")
             if not args.no_bf16:
-                low = _run("ours", seconds, args.threads, precision="bf16", save=paths["bf16"])
+                low = _median(runs["bf16"])
                 c = torch.load(paths["bf16"])
                 snr = 10 * torch.log10(b.pow(2).sum() / (c - b).pow(2).sum()).item()
-                print(f"  unmix bf16    : {low['wall']:7.2f} s   peak RSS {low['peak_rss_mb']:7.0f} MB   "
-                      f"speed-up x{ref['wall'] / low['wall']:.2f}   SNR vs fp32 {snr:.1f} dB")
+                print(f"  unmix bf16  : wall {low['wall']:7.2f} s  cpu {low['cpu']:7.2f} s  "
+                      f"peak RSS {low['peak_rss_mb']:6.0f} MB  speed-up wall x{ref['wall'] / low['wall']:.2f} "
+                      f"cpu x{ref['cpu'] / low['cpu']:.2f}  SNR vs fp32 {snr:.1f} dB")
     if not args.skip_memory:
         print("\nStreaming peak RSS (separate_stream, 1 s input blocks, output discarded; "
               "STUB network, not HTDemucs: measures the engine's own memory)")
         for minutes in args.memory_minutes:
             mem = _run("memory", minutes * 60, args.threads)
             print(f"  {minutes:5g} min: peak RSS {mem['peak_rss_mb']:7.0f} MB "
+                  f"(before separating {mem['rss_before_mb']:.0f} MB), {mem['wall']:.1f} s")
+        for minutes in args.full_memory_minutes:
+            mem = _run("memory-full", minutes * 60, args.threads)
+            print(f"  {minutes:5g} min, full network ({mem['model']}): peak RSS {mem['peak_rss_mb']:7.0f} MB "
                   f"(before separating {mem['rss_before_mb']:.0f} MB), {mem['wall']:.1f} s")
 
 

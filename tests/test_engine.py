@@ -108,13 +108,19 @@ def test_identity_every_batch_size(batch_size):
         assert max(model.calls) > 1  # segments really were batched
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
 @pytest.mark.parametrize("block", [1, 13, 100, 256, 5000])
-def test_identity_every_stream_block_size(block):
+def test_identity_every_stream_block_size(block, batch_size):
     mix = _noise(2, 1234)
-    bag = ModelBag.single(Identity(pad=5), normalize=True)
+    model = Identity(pad=5)
+    bag = ModelBag.single(model, normalize=True)
     whole = separate_tensor(bag, mix, None, EngineOptions(), CPU)
+    model.calls.clear()
     blocks = (mix[:, i:i + block].numpy() for i in range(0, mix.shape[1], block))
-    pieces = list(separate_stream(bag, blocks, None, None, EngineOptions(), CPU, stats=mix_stats(mix)))
+    pieces = list(separate_stream(bag, blocks, None, None, EngineOptions(batch_size=batch_size), CPU,
+                                  stats=mix_stats(mix)))
+    if batch_size > 1:
+        assert model.calls[0] == batch_size  # streaming waits to fill a batch
     for stem in bag.sources:
         streamed = torch.cat([p[stem] for p in pieces], dim=1)
         assert torch.equal(streamed, whole[stem])

@@ -532,6 +532,8 @@ class _StreamCore:
                 if total is not None and lane.next_offset >= total:
                     lane.done = True
                 return
+            if total is None and len(ready) < self.runner.batch_size:
+                return  # wait for input enough to fill a whole batch
             # A batch holds consecutive segments of one input length (only the last ones differ).
             same = 1
             while same < len(ready) and ready[same][2] == ready[0][2]:
@@ -626,8 +628,11 @@ def _as_tensor(block) -> Tensor:
     return block
 
 
-def mix_stats(mix: Tensor) -> Tuple[float, float]:
-    """(mean, std) of the mono mix [C, T], as the Demucs command line normalises."""
+def mix_stats(mix: Tensor) -> Tuple[Tensor, Tensor]:
+    """(mean, std) of the mono mix [C, T] (0-d tensors), as the Demucs command line normalises.
+
+    A streaming caller computes them in a first pass; plain floats work as well.
+    """
     mono = mix.mean(0)
     return mono.mean(), mono.std() + 1e-8
 
@@ -664,6 +669,9 @@ def separate_stream(bag: ModelBag, blocks: Iterable, total_frames: Optional[int]
     core = None
     for block in blocks:
         block = _as_tensor(block)
+        if block.shape[0] != bag.audio_channels:
+            raise UsageError(f"the mix has {block.shape[0]} channel(s), model {bag.name} "
+                             f"expects {bag.audio_channels}", hint="decode with the model's channel count")
         if core is None:
             core = _StreamCore(bag, stems, options, device, block.shape[0], total_frames, progress)
         if bag.normalize:

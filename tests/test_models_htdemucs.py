@@ -160,6 +160,14 @@ def test_tiny_htdemucs_matches_reference(kwargs):
     _assert_close(got, expected)
 
 
+@pytest.mark.parametrize("auto", [False, True])
+def test_sparse_configs_register_like_reference(auto):
+    """The reference's sparse layers only run with xformers; their parameters
+    (q/k/v/proj attention, registered where the dense one was) must still load."""
+    kwargs = dict(TINY, t_sparse_self_attn=True, t_sparse_cross_attn=True, t_auto_sparsity=auto)
+    _pair(demucs_htdemucs.HTDemucs, HTDemucs, SOURCES4, **kwargs)
+
+
 def test_segment_handling_follows_reference():
     ref, ours = _pair(demucs_htdemucs.HTDemucs, HTDemucs, SOURCES4, **TINY)
     assert (ours.samplerate, ours.audio_channels, ours.sources) == (8000, 2, SOURCES4)

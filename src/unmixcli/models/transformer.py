@@ -252,6 +252,13 @@ class MyGroupNorm(nn.GroupNorm):
     every (token, channel) value of an item together."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """`x [B, L, C]` -> `[B, L, C]`."""
+        if self.num_groups == 1 and self.affine:
+            # One group = statistics over all of (L, C): a layer norm over the last two
+            # dims followed by the per-channel affine. Same maths as GroupNorm on the
+            # transposed tensor, without its two transposing copies (~3x faster).
+            y = F.layer_norm(x, x.shape[1:], eps=self.eps)
+            return torch.addcmul(self.bias, y, self.weight)
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 

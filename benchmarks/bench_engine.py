@@ -14,6 +14,15 @@ Memory runs stream the mix through `separate_stream` (generated block by
 block, output discarded) with a cheap stub network, so that 10 and 60 minutes
 finish quickly: they measure the engine's memory, not the network's.
 Timings on a shared machine are noisy; run it when the machine is quiet.
+
+Measured 2026-11-21 on the shared 2-core dev machine (load average ~2 during the
+run, i.e. other users busy), 1 thread, 30 s of audio, one run per side, our
+HTDemucs with the reference's random weights:
+    apply_model 27.9 s (1078 MB); unmix fp32 20.7 s (1096 MB), x1.35, max|diff| 1.0e-7;
+    unmix bf16 14.9 s (1002 MB), x1.87, SNR vs fp32 47.3 dB.
+    Streaming, stub network: 352 / 354 / 363 MB peak RSS at 1 / 10 / 60 min;
+    full network, 1 min streamed: 1152 MB.
+The 120 s comparison was not run there (it takes ~4 minutes).
 """
 
 from __future__ import annotations
@@ -163,6 +172,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=1, help="runs per side, alternating")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 run")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true", help="only the memory runs")
     parser.add_argument("--memory-minutes", type=float, nargs="+", default=[1.0, 10.0, 60.0])
     parser.add_argument("--full-memory-minutes", type=float, nargs="*", default=[],
                         help="also stream these lengths through the full HTDemucs (slow: ~21 forwards "
@@ -180,7 +190,7 @@ def main() -> None:
     print(f"threads={args.threads}; each run in a fresh process; wall = separation only; "
           "RSS = whole-process peak (includes the model and the mix)")
     with tempfile.TemporaryDirectory() as tmp:
-        for seconds in args.seconds:
+        for seconds in [] if args.skip_speed else args.seconds:
             paths = {k: str(Path(tmp) / f"{k}.pt") for k in ("ref", "fp32", "bf16")}
             runs = {"ref": [], "fp32": [], "bf16": []}
             for _ in range(args.reps):  # alternate, so that load changes hit both sides alike

@@ -126,6 +126,23 @@ def test_identity_every_stream_block_size(block, batch_size):
         assert torch.equal(streamed, whole[stem])
 
 
+@pytest.mark.parametrize("block", [7, 90, 1000])
+def test_stream_mixed_segments_with_shifts(block):
+    """Members with different segment lengths and context needs, each with its own shifts."""
+    members = [Identity(segment=1.0, pad=5, gain=1.0), Identity(segment=0.7, gain=2.0)]
+    bag = ModelBag(members, [[1.0, 1.0, 0.0], [1.0, 3.0, 1.0]], normalize=True)
+    mix = _noise(2, 777, seed=3)
+    options = EngineOptions(shifts=2, seed=11, overlap=0.3)
+    whole = separate_tensor(bag, mix, ["a", "b", "c"], options, CPU)
+    mean, _ = mix_stats(mix)  # gains apply to the normalised mix, around its mean
+    for stem, gain in (("a", 1.5), ("b", 7 / 4), ("c", 2.0)):
+        torch.testing.assert_close(whole[stem], gain * (mix - mean) + mean, atol=1e-5, rtol=0)
+    blocks = (mix[:, i:i + block] for i in range(0, mix.shape[1], block))
+    pieces = list(separate_stream(bag, blocks, None, ["a", "b", "c"], options, CPU, stats=mix_stats(mix)))
+    for stem in ("a", "b", "c"):
+        assert torch.equal(torch.cat([p[stem] for p in pieces], dim=1), whole[stem])
+
+
 def test_stream_output_does_not_lag_behind_input():
     """Finished audio comes out while the input is still arriving: bounded memory."""
     segment = 100

@@ -108,13 +108,15 @@ def test_identity_every_batch_size(batch_size):
         assert max(model.calls) > 1  # segments really were batched
 
 
+@pytest.mark.parametrize("window", ["triangle", "fade"])
 @pytest.mark.parametrize("batch_size", [1, 3])
 @pytest.mark.parametrize("block", [1, 13, 100, 256, 5000])
-def test_identity_every_stream_block_size(block, batch_size):
+def test_identity_every_stream_block_size(block, batch_size, window):
     mix = _noise(2, 1234)
     model = Identity(pad=5)
-    bag = ModelBag.single(model, normalize=True)
+    bag = ModelBag.single(model, normalize=True, window=window)
     whole = separate_tensor(bag, mix, None, EngineOptions(), CPU)
+    torch.testing.assert_close(whole["a"], mix, atol=1e-5, rtol=0)
     model.calls.clear()
     blocks = (mix[:, i:i + block].numpy() for i in range(0, mix.shape[1], block))
     pieces = list(separate_stream(bag, blocks, None, None, EngineOptions(batch_size=batch_size), CPU,

@@ -54,12 +54,14 @@ class Identity(nn.Module):
         self.segment = segment
         self.gain = gain
         self.calls = []
+        self.lengths = []
         self.dummy = nn.Parameter(torch.zeros(1))  # so that .to(device) and device lookups work
         if pad:
             self.valid_length = lambda n: n + pad
 
     def forward(self, x):  # [B, C, T] -> [B, S, C, T]
         self.calls.append(x.shape[0])
+        self.lengths.append(x.shape[-1])
         return self.gain * x[:, None].expand(-1, len(self.sources), -1, -1).clone()
 
 
@@ -143,6 +145,20 @@ def test_stream_mixed_segments_with_shifts(block):
     pieces = list(separate_stream(bag, blocks, None, ["a", "b", "c"], options, CPU, stats=mix_stats(mix)))
     for stem in ("a", "b", "c"):
         assert torch.equal(torch.cat([p[stem] for p in pieces], dim=1), whole[stem])
+
+
+def test_segment_and_stride_in_samples_truncate_like_the_reference():
+    """apply_model uses int(rate * segment) and int((1 - overlap) * length): 0.35 s at 44.1 kHz
+    is 15434.999... samples, so 15434, and the stride int(0.9 * 15434) = 13890.
+
+    (Rounding instead, as MSST's chunk_size // num_overlap needs, belongs to the "fade" rule.)"""
+    model = Identity(samplerate=44100, segment=1.0)
+    mix = _noise(2, 44100)
+    out = separate_tensor(ModelBag.single(model, normalize=False), mix, ["a"],
+                          EngineOptions(segment=0.35, overlap=0.1), CPU)
+    assert model.lengths[0] == int(44100 * 0.35) == 15434
+    assert len(model.lengths) == len(range(0, 44100, int((1 - 0.1) * 15434)))
+    torch.testing.assert_close(out["a"], mix, atol=1e-6, rtol=0)
 
 
 def test_stream_output_does_not_lag_behind_input():

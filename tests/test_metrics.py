@@ -78,9 +78,9 @@ def assert_parity(ours: metrics.BSSEvalResult, theirs: dict, tol: float = 0.01) 
     return worst
 
 
-def test_parity_three_stems_with_silence_and_near_perfect_estimate(museval_metrics):
+def test_parity_four_stems_with_silence_and_near_perfect_estimate(museval_metrics):
     rng = np.random.default_rng(1)
-    refs = music_like(rng, 3, 10.0)
+    refs = music_like(rng, 4, 10.0)
     # Stem 0 silent from 2.0 s to 4.3 s: windows 2 and 3 have a silent reference.
     refs[0, :, 2 * SR : int(4.3 * SR)] = 0.0
     ests = np.empty_like(refs)
@@ -92,6 +92,8 @@ def test_parity_three_stems_with_silence_and_near_perfect_estimate(museval_metri
     shifted = np.roll(refs[2], 3, axis=1)
     ests[2] = 0.8 * shifted + 0.2 * shifted[::-1] + 0.1 * np.roll(refs[2], 40, axis=1)
     ests[2, :, 7 * SR : 8 * SR + 100] = 0.0
+    # Stem 3: unbalanced channels, a little of stem 0, noise.
+    ests[3] = np.array([[1.2], [0.7]]) * refs[3] + 0.05 * refs[0] + 0.02 * rng.standard_normal(refs[3].shape)
 
     ours = metrics.bss_eval_v4(refs, ests)
     theirs = museval_bss(museval_metrics, refs, ests, SR, SR)
@@ -100,6 +102,7 @@ def test_parity_three_stems_with_silence_and_near_perfect_estimate(museval_metri
     # Silent windows are NaN for every source, the others are scored.
     nan_windows = np.flatnonzero(np.isnan(ours.sdr).all(axis=0))
     np.testing.assert_array_equal(nan_windows, [2, 3, 7])
+    assert ours.sdr.shape == (4, 10)
     assert np.isfinite(ours.sdr[:, [0, 1, 4, 5, 6, 8, 9]]).all()
     assert np.nanmedian(ours.sdr[1]) > 55.0
     assert np.nanmedian(ours.sir[0]) < np.nanmedian(ours.sir[2])

@@ -58,20 +58,25 @@ def _mix(seconds: float, seed: int = 0):
     return 0.3 * torch.randn(2, int(seconds * SR), generator=g)
 
 
+# The published htdemucs (955717e8) is not the class defaults: only these kwargs give its
+# 533 tensors / 41,984,456 values (tests/test_models_htdemucs.py checks the counts).
+RELEASED_KWARGS = dict(segment=Fraction(39, 5), dconv_mode=3, bottom_channels=512)
+
+
 def _build(kind: str):
     """(network, description). kind: "reference" or "ours"."""
     import torch
     from demucs.htdemucs import HTDemucs as RefHTDemucs
 
     torch.manual_seed(0)
-    reference = RefHTDemucs(sources=STEMS, segment=Fraction(39, 5)).eval()
+    reference = RefHTDemucs(sources=STEMS, **RELEASED_KWARGS).eval()
     if kind == "reference":
         return reference, "demucs.htdemucs.HTDemucs"
     try:
         from unmixcli.models.htdemucs import HTDemucs
     except ImportError:
         return reference, "demucs.htdemucs.HTDemucs (ours not available yet)"
-    ours = HTDemucs(sources=STEMS, segment=Fraction(39, 5))
+    ours = HTDemucs(sources=STEMS, **RELEASED_KWARGS)
     ours.load_state_dict(reference.state_dict())
     return ours.eval(), "unmixcli.models.htdemucs.HTDemucs"
 

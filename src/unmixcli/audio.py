@@ -156,6 +156,11 @@ def _check_readable(path: Path) -> None:
         raise AudioDecodeError(
             "is a folder, not an audio file", path=path, hint="pass the files inside it, or the folder to the CLI"
         )
+    if not path.is_file():
+        # A FIFO, socket or device: opening it could block forever (a FIFO waits for a writer).
+        raise AudioDecodeError(
+            "not a regular file (a FIFO, socket or device)", path=path, hint="copy the audio to a file first"
+        )
     try:
         with open(path, "rb") as fh:
             first = fh.read(1)

@@ -95,11 +95,18 @@ def _root(
     state.verbose = verbose
 
 
+def _esc(text) -> str:
+    """User text (file names, messages) made safe to embed in Rich markup: `Song [Live].mp3` stays as is."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
 def print_error(err: UnmixError) -> None:
     """One line naming the file and cause, then a hint when one helps."""
-    err_console.print(f"[bold red]error:[/] {err.one_line()}", markup=True, highlight=False)
+    err_console.print(f"[bold red]error:[/] {_esc(err.one_line())}", markup=True, highlight=False)
     if err.hint:
-        err_console.print(f"[yellow]hint:[/] {err.hint}", markup=True, highlight=False)
+        err_console.print(f"[yellow]hint:[/] {_esc(err.hint)}", markup=True, highlight=False)
 
 
 @contextlib.contextmanager
@@ -200,7 +207,7 @@ def separate_cmd(
         request = StemRequest(stems=_parse_stems(stems), karaoke=karaoke, instrumental=instrumental)
         output.validate()
         reporter = _Reporter(json_events, quiet)
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _warnings_as_lines():
             if threads:
                 import torch
 
@@ -245,6 +252,20 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Library warnings (e.g. a truncated input) as one `warning:` line each, not Python's two-line form."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        err_console.print(f"[yellow]warning:[/] {_esc(message)}", markup=True, highlight=False)
+
+    with warnings.catch_warnings():
+        if not state.verbose:
+            warnings.showwarning = show
+        yield
 
 
 def _fmt_seconds(s: Optional[float]) -> str:
@@ -292,9 +313,7 @@ class _Reporter:
             return
         if e.kind == "failed":
             self._stop_file()
-            err_console.print(f"[bold red]error:[/] {e.result.error.one_line()}", markup=True, highlight=False)
-            if e.result.error.hint:
-                err_console.print(f"[yellow]hint:[/] {e.result.error.hint}", markup=True, highlight=False)
+            print_error(e.result.error)
         if self.quiet:
             return
         self._rich_event(e)
@@ -324,7 +343,7 @@ class _Reporter:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
-            TextColumn("{task.description}", style="bold"),
+            TextColumn("{task.description}", style="bold", markup=False),  # file names are not markup
             BarColumn(),
             TextColumn("{task.fields[info]}"),
             TimeRemainingColumn(),
@@ -359,9 +378,11 @@ class _Reporter:
             self._stop_file()
             if e.kind == "done":
                 r = e.result
-                p.console.print(f"[green]done[/] {e.job.input} -> {_common_dir(r.outputs)}", markup=True, highlight=False)
+                p.console.print(f"[green]done[/] {_esc(e.job.input)} -> {_esc(_common_dir(r.outputs))}", markup=True,
+                                highlight=False)
             elif e.kind == "skipped":
-                p.console.print(f"[dim]skipped {e.job.input} (stems exist; --overwrite redoes it)[/]", markup=True, highlight=False)
+                p.console.print(f"[dim]skipped {_esc(e.job.input)} (stems exist; --overwrite redoes it)[/]", markup=True,
+                                highlight=False)
             if self._batch_task is not None:
                 p.advance(self._batch_task)
                 p.update(self._batch_task, info=f"{e.index + 1}/{e.count} files")
@@ -377,12 +398,12 @@ class _Reporter:
             for j in jobs:
                 self._emit(event="plan", input=str(j.input), skip=j.skip, outputs={k: str(v) for k, v in j.outputs.items()})
             return
-        out_console.print(f"model: {sep.display_name} ({', '.join(sep.sources)}), device: {sep.device}")
+        out_console.print(f"model: {sep.display_name} ({', '.join(sep.sources)}), device: {sep.device}", markup=False)
         for j in jobs:
-            status = "skip (stems exist)" if j.skip else "separate"
-            out_console.print(f"{j.input}  [{status}]")
+            status = f"error: {j.error.message}" if j.error else "skip (stems exist)" if j.skip else "separate"
+            out_console.print(f"{j.input}  [{status}]", markup=False)
             for stem, path in j.outputs.items():
-                out_console.print(f"    {stem:<12} -> {path}")
+                out_console.print(f"    {stem:<12} -> {path}", markup=False)
         todo = sum(not j.skip for j in jobs)
         out_console.print(f"{len(jobs)} input(s): {todo} to separate, {len(jobs) - todo} skipped")
 
@@ -394,19 +415,20 @@ class _Reporter:
             return
         if not self.quiet and len(results) > 0:
             from rich.table import Table
+            from rich.text import Text
 
             table = Table(title=None, show_edge=False)
             for col in ("file", "duration", "time", "speed", "status"):
                 table.add_column(col, justify="right" if col in ("duration", "time", "speed") else "left")
             for r in results:
                 speed = f"{r.duration / r.elapsed:.2f}x" if r.elapsed > 0 and r.duration > 0 else "-"
-                table.add_row(str(r.job.input), _fmt_seconds(r.duration) if r.duration else "-",
+                table.add_row(Text(str(r.job.input)), _fmt_seconds(r.duration) if r.duration else "-",
                               _fmt_seconds(r.elapsed) if r.elapsed else "-", speed, r.status)
             out_console.print(table)
         if failed:
             err_console.print(f"{len(failed)} of {len(results)} file(s) failed:")
             for r in failed:
-                err_console.print(f"  {r.error.one_line()}", highlight=False)
+                err_console.print(f"  {r.error.one_line()}", highlight=False, markup=False)
 
 
 def _common_dir(outputs) -> str:

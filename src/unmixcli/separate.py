@@ -105,6 +105,10 @@ class StemRequest:
                 )
             if self.instrumental not in INSTRUMENTAL_MODES:
                 raise UsageError(f"unknown instrumental mode {self.instrumental!r}", hint="use 'residual' or 'sum'")
+            if self.instrumental == "sum" and len(model_stems) < 2:
+                # A vocals-only model has no other stems to add up.
+                raise UsageError("--instrumental sum needs a model with stems besides vocals",
+                                 hint="use --instrumental residual (mix minus vocals) with this model")
             compute = ["vocals"] if self.instrumental == "residual" else model_stems
             return compute, ["vocals", INSTRUMENTAL]
         if not self.stems:
@@ -131,6 +135,7 @@ class Job:
     rel_dir: str
     outputs: Dict[str, Path]
     skip: bool = False
+    error: Optional[UnmixError] = None  # known to fail before any work (e.g. the path does not exist)
 
     @property
     def display(self) -> str:
@@ -182,12 +187,13 @@ def render_output(template: str, out_dir: Path, *, track: str, stem: str, model:
     return path
 
 
-def expand_inputs(inputs: Sequence[str]) -> List[Tuple[Path, str]]:
+def expand_inputs(inputs: Sequence[str], missing: Optional[List[str]] = None) -> List[Tuple[Path, str]]:
     """Files to process, each with its folder relative to the input folder it came from ('' for files).
 
     Folders are walked recursively (symbolic-link loops are cut); only media
     extensions are taken from folders; globs are expanded; a path that does not
-    exist raises AudioDecodeError.
+    exist raises AudioDecodeError, or is appended to `missing` when a list is
+    given (so that one mistyped path does not stop a batch).
     """
     found: List[Tuple[Path, str]] = []
     for item in inputs:
@@ -203,6 +209,8 @@ def expand_inputs(inputs: Sequence[str]) -> List[Tuple[Path, str]]:
             for m in matches:
                 mp = Path(m)
                 found.extend(_walk_media(mp) if mp.is_dir() else [(mp, "")])
+        elif missing is not None:
+            missing.append(item)
         else:
             raise AudioDecodeError("no such file or folder", path=item, hint="check the path")
     # The same file given twice (e.g. a file and its folder) is processed once.
@@ -249,7 +257,13 @@ def plan(
     output.validate()
     jobs: List[Job] = []
     taken: Dict[Path, Path] = {}
-    for path, rel in expand_inputs(inputs):
+    missing: List[str] = []
+    expanded = expand_inputs(inputs, missing)
+    # Paths that do not exist fail on their own, first (a typo is reported at once), and the batch goes on.
+    for item in missing:
+        error = AudioDecodeError("no such file or folder", path=item, hint="check the path")
+        jobs.append(Job(input=Path(item), track=Path(item).stem, rel_dir="", outputs={}, error=error))
+    for path, rel in expanded:
         track = path.stem if path.suffix else path.name
         outputs = _outputs_for(output, model_name, output_stems, track, rel)
         clash = [p for p in outputs.values() if p in taken]
@@ -336,12 +350,13 @@ class MixStats:
     finite: bool = True
 
     def update(self, block: np.ndarray) -> None:
+        if not np.isfinite(block).all():
+            self.finite = False  # the caller gives up on the track; sums of inf would only warn
+            return
         mono = block.mean(axis=0, dtype=np.float64)
         self.frames += mono.size
         self.total += float(mono.sum())
         self.total_sq += float(np.dot(mono, mono))
-        if self.finite and not np.isfinite(block).all():
-            self.finite = False
 
     def mean_std(self) -> Tuple[float, float]:
         if self.frames == 0:
@@ -406,11 +421,13 @@ def separate_track(
             total_s = info.duration if info.duration and info.duration > 0 else None
             for block in reader:
                 stats.update(block)
+                if not stats.finite:  # no need to decode the rest of a long file
+                    raise AudioDecodeError(
+                        "the audio contains NaN or infinite samples", path=job.input,
+                        hint="the file is damaged or was written by a faulty program; re-export it")
                 mix.append(block)
                 report("decode", mix.frames / model_sr, total_s)
         mix.close()
-        if not stats.finite:
-            raise AudioDecodeError("the audio contains NaN or infinite samples", path=job.input)
         if mix.frames == 0:
             raise AudioDecodeError("the file contains no audio samples", path=job.input)
         duration = mix.frames / model_sr
@@ -564,6 +581,11 @@ def run_batch(
     results: List[TrackResult] = []
     count = len(jobs)
     for index, job in enumerate(jobs):
+        if job.error is not None:
+            res = TrackResult(job, "failed", error=job.error)
+            results.append(res)
+            on_event(Event("failed", job, index, count, result=res))
+            continue
         if job.skip:
             res = TrackResult(job, "skipped", dict(job.outputs))
             results.append(res)

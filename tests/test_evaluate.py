@@ -246,3 +246,17 @@ def test_usage_errors(dataset, tmp_path):
         evaluate(dataset, tmp_path / "out")
     with pytest.raises(UsageError, match="at least two stems"):
         evaluate(dataset, tmp_path / "out", estimates_dir=dataset, stems=["vocals"])
+
+
+def test_model_output_of_wrong_shape(dataset, tmp_path):
+    def mono(mixture: Path) -> dict:
+        return {s: read(mixture)[:1] for s in STEMS}
+
+    with pytest.raises(EvaluationError, match="expected 2 channels"):
+        evaluate(dataset, tmp_path / "a", separate_fn=mono)
+
+    def short(mixture: Path) -> dict:
+        return {s: read(mixture)[:, :-1] for s in STEMS}
+
+    with pytest.raises(EvaluationError, match="samples, the reference"):
+        evaluate(dataset, tmp_path / "b", separate_fn=short)

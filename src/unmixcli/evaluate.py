@@ -353,8 +353,14 @@ def evaluate(
         if missing:
             raise EvaluationError(f"no track named '{missing[0]}'", path=split, hint=f"{len(tracks)} tracks are available")
         tracks = [by_name[n] for n in track_names]
+    if window <= 0 or hop <= 0:
+        raise UsageError(f"window and hop must be positive (got {window} s, {hop} s)")
     if stems is None:
         stems = order_stems(list(tracks[0].stem_files()))
+        if len(stems) < 2:
+            raise EvaluationError(
+                f"fewer than two stem files beside {MIXTURE}.wav", path=tracks[0].folder, hint=_LAYOUT_HINT
+            )
     stems = order_stems(list(stems))
     if len(stems) < 2:
         raise UsageError(f"BSS Eval needs at least two stems, got {list(stems)}", hint="evaluate two or more stems")
@@ -383,7 +389,10 @@ def evaluate(
 
     out = Path(output_dir)
     track_dir = out / "tracks"
-    track_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        track_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EvaluationError(f"cannot create the output folder ({exc.strerror})", path=out) from exc
     if label is None:
         label = str(est_root.resolve()) if est_root is not None else "separate_fn"
     settings = {"stems": list(stems), "window": float(window), "hop": float(hop), "label": label}

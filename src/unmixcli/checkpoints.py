@@ -17,9 +17,10 @@ Plain files store `state_dict()` tensors in float16; we load them into float32
 parameters with a strict key and shape check. Quantized files are unpacked and
 dequantized here with numpy/torch; the `diffq` package is never imported.
 
-Entry points are dispatched on the file suffix through `_FILE_LOADERS`, so other
-checkpoint kinds (e.g. RoFormer `.ckpt` + config yaml) can be added as one more
-row rather than another branch.
+Entry points are dispatched on the file suffix through `_FILE_LOADERS` (local
+paths; RoFormer `.ckpt` / `.pth` + config yaml is one row) and on the registry
+family through `_SPEC_LOADERS` (`load_spec`), so a new kind of checkpoint is one
+more row rather than another branch.
 """
 
 from __future__ import annotations
@@ -759,6 +760,11 @@ def _is_bag_yaml(path: Path) -> bool:
     return isinstance(data, dict) and "models" in data
 
 
+def _single_file_suffixes() -> Tuple[str, ...]:
+    """Suffixes of files that are a whole model on their own (with a config beside them for RoFormers)."""
+    return tuple(s for s in _FILE_LOADERS if s not in _BAG_SUFFIXES)
+
+
 def _pick_in_folder(folder: Path) -> Path:
     """The one file in `folder` that describes a model: a bag yaml, else a lone checkpoint."""
     bags = sorted(p for p in folder.iterdir() if p.suffix in _BAG_SUFFIXES and _is_bag_yaml(p))
@@ -770,14 +776,16 @@ def _pick_in_folder(folder: Path) -> Path:
             path=folder,
             hint="pass the path of the bag file you want",
         )
-    singles = sorted(p for p in folder.iterdir() if p.suffix in _MEMBER_LOADERS and p.is_file())
+    suffixes = _single_file_suffixes()
+    singles = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
     if len(singles) == 1:
         return singles[0]
     if not singles:
         raise CheckpointError(
             "the folder holds no model: no bag yaml and no checkpoint file",
             path=folder,
-            hint="expected <name>.yaml with its <sig>.safetensors files, or one .safetensors file",
+            hint="expected <name>.yaml with its <sig>.safetensors files, one .safetensors file, "
+            "or a RoFormer .ckpt/.pth with its YAML config",
         )
     raise CheckpointError(
         f"the folder holds several checkpoints ({_summarise([p.name for p in singles])}) and no bag file",
@@ -791,6 +799,8 @@ def load_local(path: PathLike, *, classes: Optional[Mapping[str, type]] = None) 
 
     A folder must hold exactly one bag yaml (loaded with its members) or, if it
     has none, exactly one checkpoint file. A single checkpoint is a bag of one.
+    A RoFormer `.ckpt` / `.pth` is read with its MSST config: `<stem>.yaml`
+    beside it, else the only other yaml in its folder.
     """
     target = Path(path)
     if not target.exists():
@@ -807,6 +817,122 @@ def load_local(path: PathLike, *, classes: Optional[Mapping[str, type]] = None) 
     return loader(target, classes=classes)
 
 
+# --------------------------------------------------------------------------------------
+# RoFormer checkpoints (weights file + Music-Source-Separation-Training YAML config).
+# --------------------------------------------------------------------------------------
+
+_ROFORMER_CONFIG_HINT = (
+    "a RoFormer checkpoint needs the YAML config it was published with (audio/model/training "
+    "sections); put it beside the checkpoint as {stem}.yaml"
+)
+
+# Registry `arch` values -> the loader's model types (None: guessed from the config).
+ROFORMER_ARCHS: Dict[str, str] = {
+    "BSRoformer": "bs_roformer",
+    "MelBandRoformer": "mel_band_roformer",
+    "bs_roformer": "bs_roformer",
+    "mel_band_roformer": "mel_band_roformer",
+}
+
+
+def _roformer_config_for(ckpt: Path) -> Path:
+    """The config of a RoFormer checkpoint: `<stem>.yaml`, else the one non-bag yaml beside it."""
+    for suffix in _BAG_SUFFIXES:
+        same_stem = ckpt.with_suffix(suffix)
+        if same_stem.is_file():
+            return same_stem
+    candidates = sorted(p for p in ckpt.parent.iterdir()
+                        if p.suffix.lower() in _BAG_SUFFIXES and p.is_file() and not _is_bag_yaml(p))
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise CheckpointError(
+            "no config found for this checkpoint (no YAML file beside it)",
+            path=ckpt,
+            hint=_ROFORMER_CONFIG_HINT.format(stem=ckpt.stem),
+        )
+    raise CheckpointError(
+        f"several YAML files beside the checkpoint ({_summarise([p.name for p in candidates])}) "
+        f"and none is named {ckpt.stem}.yaml",
+        path=ckpt,
+        hint=f"rename the checkpoint's own config to {ckpt.stem}.yaml, or move the others away",
+    )
+
+
+def _roformer_file_bag(path: Path, classes: Optional[Mapping[str, type]] = None) -> ModelBag:
+    del classes  # RoFormers are built from their config, not from the klass allow-list
+    from .roformer_ckpt import load_roformer
+
+    return load_roformer(path, _roformer_config_for(path))
+
+
+def _registered_stem_names(bag: ModelBag, spec: Any) -> None:
+    """Rename the bag's stems to the registry's spelling (configs say "Vocals" or "vocals").
+
+    The config decides which stems exist and in which order; the registry entry
+    must list the same ones, compared without case.
+    """
+    produced = list(bag.sources)
+    registered = {s.lower(): s for s in spec.stems}
+    if len(produced) != len(spec.stems) or any(s.lower() not in registered for s in produced):
+        raise CheckpointError(
+            f"model '{spec.name}': its config gives the stems {', '.join(produced)}, "
+            f"the registry entry lists {', '.join(spec.stems)}",
+            path=spec.source,
+            hint="make the entry's 'stems' match the model's config",
+        )
+    names = [registered[s.lower()] for s in produced]
+    for member in bag.models:
+        member.sources = list(names)
+
+
+def _roformer_spec_bag(spec: Any, folder: Path) -> ModelBag:
+    from .roformer_ckpt import load_roformer
+
+    model_type = None
+    if spec.arch is not None:
+        model_type = ROFORMER_ARCHS.get(spec.arch)
+        if model_type is None:
+            raise CheckpointError(
+                f"model '{spec.name}': unknown RoFormer arch {spec.arch!r}",
+                path=spec.source,
+                hint="use one of: " + ", ".join(sorted(ROFORMER_ARCHS)),
+            )
+    config = spec.config if isinstance(spec.config, Mapping) else folder / spec.config
+    bag = load_roformer(folder / spec.checkpoint, config, model_type=model_type, name=spec.name)
+    _registered_stem_names(bag, spec)
+    return bag
+
+
+def _demucs_spec_bag(spec: Any, folder: Path) -> ModelBag:
+    return load_bag(folder / spec.bag)
+
+
+# Registry families -> (spec, folder with the downloaded files) -> ModelBag.
+_SPEC_LOADERS: Dict[str, Callable[[Any, Path], ModelBag]] = {
+    "demucs": _demucs_spec_bag,
+    "roformer": _roformer_spec_bag,
+}
+
+
+def load_spec(spec: Any, folder: PathLike) -> ModelBag:
+    """Load the model of registry entry `spec` from `folder`, which holds its downloaded files.
+
+    Returns:
+        a `ModelBag` named after the entry, its stems spelled as the entry lists them.
+    """
+    loader = _SPEC_LOADERS.get(spec.family)
+    if loader is None:
+        raise CheckpointError(
+            f"model '{spec.name}': the {spec.family} family cannot be loaded by this version of unmix",
+            path=spec.source,
+            hint="supported families: " + ", ".join(sorted(_SPEC_LOADERS)),
+        )
+    bag = loader(spec, Path(folder))
+    bag.name = spec.name
+    return bag
+
+
 # Member checkpoints by suffix: file -> (model, klass string). New kinds of
 # checkpoints are added here (and in _FILE_LOADERS), not as branches elsewhere.
 _MEMBER_LOADERS: Dict[str, Callable[[Path, Optional[Mapping[str, type]]], Tuple[nn.Module, str]]] = {
@@ -820,4 +946,6 @@ _FILE_LOADERS: Dict[str, Callable[..., ModelBag]] = {
     ".yaml": load_bag,
     ".yml": load_bag,
     ".safetensors": _single_file_bag,
+    ".ckpt": _roformer_file_bag,
+    ".pth": _roformer_file_bag,
 }

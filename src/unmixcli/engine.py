@@ -9,6 +9,8 @@ window, no shifts) the result equals the reference `demucs.apply.apply_model`.
 The work is split into small pieces:
 
 * `WINDOWS`: name -> window function (the cross-fade weights of one segment).
+* `EDGE_RULES`: window name -> how the track's ends and short segments are
+  padded ("fade" follows Music-Source-Separation-Training's `demix`).
 * `_Plan`: per bag member, the segment length, stride, window and the rule
   that gives the model's input length for a segment.
 * `_Lane`: one pass of one member over the mix, delayed by one time shift.
@@ -174,6 +176,58 @@ WINDOWS: Dict[str, Callable[[int, bool, bool], Tensor]] = {
 }
 
 
+def fill_like_msst(chunk: Tensor, length: int) -> Tensor:
+    """Pad a short segment [C, n] to [C, length] at its end, as MSST's `demix` does.
+
+    Reflection when the segment is over half the length (a mirror image keeps
+    the spectrum of the padding close to the music's), zeros otherwise (a
+    reflection longer than the segment is impossible).
+    """
+    n = chunk.shape[-1]
+    mode = "reflect" if n > length // 2 else "constant"
+    return torch.nn.functional.pad(chunk[None], (0, length - n), mode=mode)[0]
+
+
+@dataclass(frozen=True)
+class EdgeRule:
+    """How a chunking style treats the ends of the track.
+
+    Attributes:
+        reflect_track: pad the track at both ends with (segment - stride)
+            mirrored samples before cutting it, when it is longer than twice
+            that; the padding's outputs are dropped. Every real sample is then
+            covered by as many segments as one in the middle.
+        fill_short: when set, segments shorter than the segment length (at the
+            end) are padded to the full length by this function [C, n] -> [C, N]
+            and the first n output samples are kept; otherwise the model gets
+            the short segment (with the plan's context rule).
+        exact_samples: segment and stride are whole numbers of samples in the
+            recipe (MSST's chunk_size and chunk_size // num_overlap), so seconds
+            are converted back to the nearest whole sample when float error
+            lies in between; otherwise truncated, as Demucs' int(rate * segment).
+    """
+
+    reflect_track: bool = False
+    fill_short: Optional[Callable[[Tensor, int], Tensor]] = None
+    exact_samples: bool = False
+
+    def samples(self, seconds: float, rate: float) -> int:
+        """Whole samples in `seconds` at `rate` (see `exact_samples`)."""
+        value = float(seconds) * rate
+        nearest = round(value)
+        if self.exact_samples and abs(value - nearest) < 1e-6:
+            return int(nearest)
+        return int(value)
+
+
+# Window name -> edge rule. Demucs ("triangle") pads nothing; the MSST recipe
+# ("fade") mirrors the track's ends and fills short segments.
+EDGE_RULES: Dict[str, EdgeRule] = {
+    "triangle": EdgeRule(),
+    "fade": EdgeRule(reflect_track=True, fill_short=fill_like_msst, exact_samples=True),
+}
+
+
 # ----------------------------------------------------------------------------- plans
 
 
@@ -187,9 +241,13 @@ class _Plan:
     window: str
     fixed_input: Optional[int]  # when set, every segment goes in with exactly this length
     segment_attr: Optional[object]  # temporary `model.segment` during the run (see _segment_as)
+    edge: int = 0  # mirrored samples added at each end of a long enough track (EdgeRule.reflect_track)
+    fill_short: Optional[Callable[[Tensor, int], Tensor]] = None  # see EdgeRule.fill_short
 
     def input_length(self, n: int) -> int:
         """Samples fed to the model for a segment of n samples (the rest is context)."""
+        if self.fill_short is not None:
+            return self.segment_length
         if self.fixed_input is not None:
             return self.fixed_input
         valid_length = getattr(self.model, "valid_length", None)
@@ -238,13 +296,15 @@ def _make_plan(bag: ModelBag, model: nn.Module, options: EngineOptions) -> _Plan
     if segment is None:
         raise UsageError("the model has no segment length and none was given",
                          hint="pass a segment length")
-    segment_length = int(model.samplerate * segment)
+    rule = EDGE_RULES.get(bag.window, EdgeRule())
+    segment_length = rule.samples(segment, model.samplerate)
     if segment_attr is not None:
         fixed_input = segment_length  # what valid_length says once the model has the bag's segment
-    stride = int((1 - overlap) * segment_length)
+    stride = rule.samples(1 - overlap, segment_length)
     if segment_length <= 0 or stride <= 0:
         raise UsageError(f"segment {segment} s with overlap {overlap} leaves no samples to advance by")
-    return _Plan(model, segment_length, stride, bag.window, fixed_input, segment_attr)
+    edge = segment_length - stride if rule.reflect_track else 0
+    return _Plan(model, segment_length, stride, bag.window, fixed_input, segment_attr, edge, rule.fill_short)
 
 
 @contextmanager
@@ -364,8 +424,15 @@ class _InputBuffer:
         self.data = torch.cat([self.data, block], dim=1)
         self.end += block.shape[1]
 
-    def read(self, begin: int, length: int) -> Tensor:
-        """Mix samples [begin, begin + length) with zeros outside the track. [C, length]"""
+    def read(self, begin: int, length: int, mirror: int = 0) -> Tensor:
+        """Mix samples [begin, begin + length) with zeros outside the track. [C, length]
+
+        With `mirror` > 0, the `mirror` samples before the track and (once its
+        end is known) after it are the track reflected about its first / last
+        sample, like torch's "reflect" padding; zeros lie beyond those.
+        """
+        if mirror and (begin < 0 or (self.total is not None and begin + length > self.total)):
+            return self._read_mirrored(begin, length, mirror)
         out_begin, out_end = max(begin, 0), min(begin + length, self.end)
         if out_begin >= out_end:
             return self.data.new_zeros(self.data.shape[0], length)
@@ -374,6 +441,20 @@ class _InputBuffer:
         if left or right:
             piece = torch.nn.functional.pad(piece, (left, right))
         return piece
+
+    def _read_mirrored(self, begin: int, length: int, mirror: int) -> Tensor:
+        pos = torch.arange(begin, begin + length)
+        src = pos.clone()
+        head = (pos < 0) & (pos >= -mirror)
+        src[head] = -pos[head]
+        if self.total is not None:
+            tail = (pos >= self.total) & (pos < self.total + mirror)
+            src[tail] = 2 * (self.total - 1) - pos[tail]
+        inside = (src >= 0) & (src < self.end)  # positions left unmapped outside the track stay zero
+        assert bool((src[inside] >= self.start).all()), "mirrored samples were already dropped"
+        out = self.data.new_zeros(self.data.shape[0], length)
+        out[:, inside] = self.data[:, src[inside] - self.start]
+        return out
 
     def drop_before(self, position: int) -> None:
         cut = min(position, self.end) - self.start
@@ -385,7 +466,9 @@ class _InputBuffer:
 class _Lane:
     """One member's pass over the mix delayed by `delay` samples (a time shift).
 
-    The lane sees v = zeros(delay) ++ mix (length delay + L), cuts it at offsets
+    The lane sees v = zeros(delay) ++ mix (length delay + L), or, when the
+    plan mirrors the track's ends, zeros(delay) ++ mirror(edge) ++ mix ++
+    mirror(edge) (`lead` = delay + edge samples before the mix), and cuts it at offsets
     0, stride, 2*stride, ... into segments of `segment_length` (the last ones
     shorter), and overlap-adds the model outputs of the requested stems with the
     window. Positions before the next segment's offset are final.
@@ -395,6 +478,9 @@ class _Lane:
         self.plan = plan
         self.stem_index = stem_index
         self.delay = delay
+        # Mirrored samples at each end: decided once the track is known to be
+        # longer than 2 * plan.edge (or has ended shorter); None until then.
+        self.edge: Optional[int] = 0 if plan.edge == 0 else None
         self.next_offset = 0  # lane position of the next segment to run
         self.done = False
         self.windows: dict = {}
@@ -402,6 +488,15 @@ class _Lane:
         self.acc_start = 0
         self.acc = torch.zeros(len(stem_index), channels, 0)
         self.weight = torch.zeros(0)
+
+    @property
+    def lead(self) -> int:
+        """Lane samples before the first sample of the mix."""
+        return self.delay + (self.edge or 0)
+
+    def length(self, total: Optional[int]) -> Optional[int]:
+        """Lane length for a mix of `total` samples (None while unknown)."""
+        return None if total is None else total + self.delay + 2 * (self.edge or 0)
 
     def final_until(self, lane_length: Optional[int]) -> int:
         """Lane positions below this will not change any more."""
@@ -413,8 +508,8 @@ class _Lane:
     def ready_segments(self, buffer: _InputBuffer, limit: int) -> List[Tuple[int, int, int, int]]:
         """Segments whose input is fully known: (offset, n, input length, input start)."""
         out = []
-        total = None if buffer.total is None else buffer.total + self.delay
-        available = buffer.end + self.delay  # lane samples received so far
+        total = self.length(buffer.total)
+        available = buffer.end + self.lead  # lane samples received so far
         offset = self.next_offset
         plan = self.plan
         while len(out) < limit:
@@ -425,7 +520,10 @@ class _Lane:
             else:
                 n = plan.segment_length
             length = plan.input_length(n)
-            start = offset - (length - n) // 2  # context is taken evenly from both sides
+            if plan.fill_short is not None:
+                start = offset  # the segment itself, padded at its end by fill_short
+            else:
+                start = offset - (length - n) // 2  # context is taken evenly from both sides
             if total is None and start + length > available:
                 break  # its right context has not arrived yet
             if total is None and offset + n > available:
@@ -506,6 +604,8 @@ class _StreamCore:
         self.emitted = 0
         self.max_context = max(p.input_length(p.segment_length) for p in self.plans.values())
         self.max_context = max(self.max_context, max(p.segment_length for p in self.plans.values()))
+        # The last segments mirror up to `edge` samples before them.
+        self.max_context += max(p.edge for p in self.plans.values())
         self.reported = -1
 
     # -- feeding
@@ -525,7 +625,15 @@ class _StreamCore:
 
     def _run_lane(self, lane: _Lane) -> None:
         plan = lane.plan
-        total = None if self.buffer.total is None else self.buffer.total + lane.delay
+        if lane.edge is None:
+            # MSST mirrors the ends only of tracks longer than twice the mirrored length.
+            if self.buffer.end > 2 * plan.edge:
+                lane.edge = plan.edge
+            elif self.buffer.total is not None:
+                lane.edge = 0
+            else:
+                return
+        total = lane.length(self.buffer.total)
         while not lane.done:
             ready = lane.ready_segments(self.buffer, self.runner.batch_size)
             if not ready:
@@ -539,13 +647,14 @@ class _StreamCore:
             while same < len(ready) and ready[same][2] == ready[0][2]:
                 same += 1
             ready = ready[:same]
-            inputs = torch.stack([self.buffer.read(start - lane.delay, length)
-                                  for (_, _, length, start) in ready])  # [B, C, P]
+            inputs = torch.stack([self._segment_input(lane, n, length, start)
+                                  for (_, n, length, start) in ready])  # [B, C, P]
             with _segment_as([plan]):
                 outputs = self.runner.forward(plan.model, inputs)  # [B, S, C, P']
             for (offset, n, _, _), out in zip(ready, outputs):
-                trim = out.shape[-1] - n
-                stems = out[lane.stem_index, :, trim // 2:trim // 2 + n]  # [S, C, n]
+                # Filled segments keep the head of the output, context-padded ones its middle.
+                lo = 0 if plan.fill_short is not None else (out.shape[-1] - n) // 2
+                stems = out[lane.stem_index, :, lo:lo + n]  # [S, C, n]
                 first = offset == 0
                 last = total is not None and offset + plan.stride >= total
                 lane.add(offset, n, stems, first, last)
@@ -554,13 +663,20 @@ class _StreamCore:
                 lane.done = True
             self._report()
 
+    def _segment_input(self, lane: _Lane, n: int, length: int, start: int) -> Tensor:
+        """The model input [C, length] of a segment of n samples starting at lane position `start`."""
+        plan = lane.plan
+        if plan.fill_short is not None and n < length:
+            return plan.fill_short(self.buffer.read(start - lane.lead, n, lane.edge), length)
+        return self.buffer.read(start - lane.lead, length, lane.edge)
+
     def _report(self) -> None:
         if self.progress is None:
             return
         length = self.total_frames if self.total_frames is not None else self.buffer.end
         done = 0
         for lane in self.all_lanes:
-            reached = length if lane.done else min(max(lane.next_offset - lane.delay, 0), length)
+            reached = length if lane.done else min(max(lane.next_offset - lane.lead, 0), length)
             done += reached
         done //= len(self.all_lanes)
         if self.buffer.total is not None and all(lane.done for lane in self.all_lanes):
@@ -576,13 +692,12 @@ class _StreamCore:
         upto = self.buffer.end
         total = self.buffer.total
         for lane in self.all_lanes:
-            lane_length = None if total is None else total + lane.delay
-            upto = min(upto, lane.final_until(lane_length) - lane.delay)
+            upto = min(upto, lane.final_until(lane.length(total)) - lane.lead)
         if total is not None and all(lane.done for lane in self.all_lanes):
             upto = total
             self._report()
         # Keep the input any remaining segment may still read (its left context).
-        keep = min((lane.next_offset - lane.delay for lane in self.all_lanes), default=upto)
+        keep = min((lane.next_offset - lane.lead for lane in self.all_lanes), default=upto)
         self.buffer.drop_before(keep - self.max_context)
         if upto <= self.emitted:
             return []
@@ -593,7 +708,7 @@ class _StreamCore:
             lanes = self.lanes[i]
             member = None
             for lane in lanes:  # shifts, averaged
-                part = lane.take(begin + lane.delay, end + lane.delay)
+                part = lane.take(begin + lane.lead, end + lane.lead)
                 member = part if member is None else member + part
             if self.shifts:
                 member = member / self.shifts

@@ -21,7 +21,7 @@ import inspect
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
 import yaml
@@ -74,6 +74,26 @@ def read_config(config_path) -> Dict[str, Any]:
         raise CheckpointError("the config has no 'model' section", path=path,
                               hint="expected a Music-Source-Separation-Training config (audio/model/training)")
     return data
+
+
+def config_from_mapping(data: Mapping) -> Dict[str, Any]:
+    """An inline config (e.g. from a registry entry), as plain dicts, lists and scalars.
+
+    Same shape as an MSST YAML file: `audio`, `model`, `training`, `inference`.
+    """
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    config = plain(data)
+    if not isinstance(config.get("model"), dict):
+        raise CheckpointError("the inline config has no 'model' section",
+                              hint="give the MSST sections audio/model/training/inference, as in a config YAML")
+    return config
 
 
 def read_state_dict(ckpt_path) -> Dict[str, torch.Tensor]:
@@ -170,7 +190,8 @@ def load_roformer(ckpt_path, config_path, *, model_type: Optional[str] = None,
 
     Args:
         ckpt_path: `.ckpt` / `.pth` (torch pickle, read with weights_only=True) or `.safetensors`.
-        config_path: the MSST YAML config of that checkpoint.
+        config_path: the MSST YAML config of that checkpoint, or the same data as a
+            mapping (an inline config, see `config_from_mapping`).
         model_type: "bs_roformer" or "mel_band_roformer"; guessed from the config
             (`num_bands` vs `freqs_per_bands`) or the weights when None.
         name: display name of the bag (default: the checkpoint's file stem).
@@ -182,7 +203,11 @@ def load_roformer(ckpt_path, config_path, *, model_type: Optional[str] = None,
         inference.normalize (default False). `extra` records the family,
         chunk_size, num_overlap, instruments and target_instrument.
     """
-    config = read_config(config_path)
+    if isinstance(config_path, Mapping):
+        config = config_from_mapping(config_path)
+        config_path = None  # errors then name the checkpoint only
+    else:
+        config = read_config(config_path)
     state = read_state_dict(ckpt_path)
     family = model_type or _guess_family(config, state)
     if family not in FAMILIES:

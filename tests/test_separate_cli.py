@@ -306,3 +306,20 @@ def test_api_separate_in_memory_resamples_back(model_dir):
     assert list(stems) == ["vocals"]
     assert stems["vocals"].shape == (2, 22050)  # mono in -> the model's stereo, at the caller's rate
     assert torch.isfinite(stems["vocals"]).all()
+
+
+def test_bit_depth_default_and_lossy_options(tmp_path, model_dir):
+    song = write_song(tmp_path / "b.wav", seconds=0.5)
+    out = tmp_path / "out"
+    assert run([song, "-m", model_dir, "-o", out, "-q", "--stems", "vocals"]).exit_code == 0
+    assert sf.info(out / "tiny" / "b" / "vocals.wav").subtype == "PCM_24"
+    assert run([song, "-m", model_dir, "-o", out, "-q", "--stems", "bass", "--bit-depth", "16"]).exit_code == 0
+    assert sf.info(out / "tiny" / "b" / "bass.wav").subtype == "PCM_16"
+    result = run([song, "-m", model_dir, "-o", out, "-f", "mp3", "--bit-depth", "24"])
+    assert result.exit_code == 2 and "mp3 cannot be written with --bit-depth 24" in result.stderr
+    result = run([song, "-m", model_dir, "-o", out, "-f", "flac", "--bitrate", "320"])
+    assert result.exit_code == 2 and "--bitrate does not apply to flac" in result.stderr
+    from unmixcli import audio
+
+    assert run([song, "-m", model_dir, "-o", out, "-q", "-f", "mp3", "--bitrate", "128", "--stems", "vocals"]).exit_code == 0
+    assert audio.probe(out / "tiny" / "b" / "vocals.mp3").codec == "mp3"

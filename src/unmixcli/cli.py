@@ -156,7 +156,7 @@ def _parse_rate(value: str):
     no_args_is_help=True,
 )
 def separate_cmd(
-    inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Files, folders (recursive) or globs."),
+    inputs: List[str] = typer.Argument(..., metavar="INPUT", help="Files, folders (recursive) or globs."),
     model: str = typer.Option("htdemucs", "-m", "--model", help="Registry name (unmix models list) or local path."),
     stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to write, e.g. vocals,drums."),
     karaoke: bool = typer.Option(False, "--karaoke", help="Write vocals + instrumental."),
@@ -169,7 +169,7 @@ def separate_cmd(
     ),
     fmt: str = typer.Option("wav", "-f", "--format", help="wav, flac, mp3, opus or m4a."),
     bit_depth: Optional[int] = typer.Option(None, "--bit-depth", help="WAV 16/24/32 (32 = float), FLAC 16/24. Default 24."),
-    bitrate: Optional[int] = typer.Option(None, "--bitrate", help="kbit/s for mp3/opus/m4a."),
+    bitrate: Optional[int] = typer.Option(None, "--bitrate", help="kbit/s for mp3/opus/m4a (default 320/192/256)."),
     sample_rate: str = typer.Option("model", "--sample-rate", help="'model' (44.1 kHz), 'keep' (the input's) or Hz."),
     clip: str = typer.Option("rescale", "--clip", help="rescale (one gain for all stems), clamp, or none."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
@@ -201,7 +201,8 @@ def separate_cmd(
         from .separate import OutputOptions, StemRequest, run_batch
 
         output = OutputOptions(
-            out_dir=out, template=filename, fmt=fmt, bit_depth=bit_depth, bitrate=bitrate,
+            out_dir=out, template=filename, fmt=fmt, bit_depth=bit_depth,
+            bitrate=None if bitrate is None else bitrate * 1000,
             sample_rate=_parse_rate(sample_rate), clip=clip, overwrite=overwrite,
         )
         request = StemRequest(stems=_parse_stems(stems), karaoke=karaoke, instrumental=instrumental)

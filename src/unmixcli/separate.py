@@ -58,7 +58,9 @@ class OutputOptions:
     """Where and how stems are written.
 
     `sample_rate` is "model" (the model's rate), "keep" (the input's rate) or a
-    number of Hz. `bit_depth` None means the format's default (24 for WAV/FLAC).
+    number of Hz. `bit_depth` None means 24 for WAV/FLAC (the stems are float
+    inside; 24 bits keeps their quality, 32 writes float WAV). `bitrate` is in
+    bits per second, for the lossy formats only.
     """
 
     out_dir: Path = Path("separated")
@@ -78,6 +80,23 @@ class OutputOptions:
         if not (self.sample_rate in ("model", "keep") or (isinstance(self.sample_rate, int) and self.sample_rate > 0)):
             raise UsageError(f"invalid sample rate {self.sample_rate!r}", hint="use 'model', 'keep' or a rate in Hz")
         check_template(self.template)
+        depths = {"wav": (16, 24, 32), "flac": (16, 24)}.get(self.fmt, ())
+        if self.bit_depth is not None and self.bit_depth not in depths:
+            raise UsageError(
+                f"{self.fmt} cannot be written with --bit-depth {self.bit_depth}",
+                hint=f"use one of {', '.join(map(str, depths))}" if depths else "use --bitrate for lossy formats",
+            )
+        if self.bitrate is not None and (depths or self.bitrate <= 0):
+            raise UsageError(
+                f"--bitrate does not apply to {self.fmt}" if depths else f"invalid bitrate {self.bitrate}",
+                hint="use --bit-depth for wav/flac" if depths else "e.g. --bitrate 320",
+            )
+
+    @property
+    def effective_bit_depth(self) -> Optional[int]:
+        if self.bit_depth is None and self.fmt in ("wav", "flac"):
+            return 24
+        return self.bit_depth
 
 
 @dataclass(frozen=True)
@@ -487,7 +506,7 @@ def separate_track(
             if out_rate != model_sr:
                 blocks = _resampled(blocks, model_sr, out_rate, channels, target_frames)
             with audio.AudioWriter(
-                path, out_rate, channels, fmt=output.fmt, bit_depth=output.bit_depth, bitrate=output.bitrate
+                path, out_rate, channels, fmt=output.fmt, bit_depth=output.effective_bit_depth, bitrate=output.bitrate
             ) as writer:
                 for block in blocks:
                     writer.write(block)

@@ -323,3 +323,19 @@ def test_bit_depth_default_and_lossy_options(tmp_path, model_dir):
 
     assert run([song, "-m", model_dir, "-o", out, "-q", "-f", "mp3", "--bitrate", "128", "--stems", "vocals"]).exit_code == 0
     assert audio.probe(out / "tiny" / "b" / "vocals.mp3").codec == "mp3"
+
+
+def test_api_separate_to_files_and_verbose_flag_before_inputs(tmp_path, model_dir):
+    from unmixcli import Separator
+    from unmixcli.separate import OutputOptions, StemRequest
+
+    song = write_song(tmp_path / "in" / "v.wav", seconds=0.5)
+    sep = Separator(str(model_dir), device="cpu")
+    results = sep.separate_to_files([str(tmp_path / "in")], OutputOptions(out_dir=str(tmp_path / "o"), fmt="flac"),
+                                    StemRequest(karaoke=True))
+    assert [r.status for r in results] == ["done"]
+    assert sorted(p.name for p in (tmp_path / "o" / "tiny" / "v").iterdir()) == ["instrumental.flac", "vocals.flac"]
+    # Top-level flags may come before the inputs: `unmix -v song.wav ...`.
+    result = run(["-v", song, "-m", model_dir, "-o", tmp_path / "o2", "-q", "--stems", "vocals"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o2" / "tiny" / "v" / "vocals.wav").is_file()

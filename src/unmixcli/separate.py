@@ -72,6 +72,10 @@ class OutputOptions:
     clip: str = "rescale"
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        # Accept str paths from API users; everything below relies on Path.
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+
     def validate(self) -> None:
         if self.fmt not in audio.FORMATS:
             raise UsageError(f"unknown output format {self.fmt!r}", hint=f"use one of: {', '.join(audio.FORMATS)}")
@@ -620,6 +624,11 @@ def run_batch(
         except UnmixError as err:
             if err.path is None:
                 err = type(err)(err.message, path=job.input, hint=err.hint)
+            res = TrackResult(job, "failed", error=err)
+        except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen failure must not end a long batch
+            err = UnmixError(f"unexpected error ({type(exc).__name__}: {exc})", path=job.input,
+                             hint="please report this, with the output of --verbose")
+            err.__cause__ = exc
             res = TrackResult(job, "failed", error=err)
         results.append(res)
         on_event(Event(res.status if res.status != "done" else "done", job, index, count, result=res))

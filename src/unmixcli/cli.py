@@ -314,6 +314,11 @@ class _Reporter:
             return
         if e.kind == "failed":
             self._stop_file()
+            cause = e.result.error.__cause__
+            if state.verbose and cause is not None:
+                from rich.traceback import Traceback
+
+                err_console.print(Traceback.from_exception(type(cause), cause, cause.__traceback__))
             print_error(e.result.error)
         if self.quiet:
             return
@@ -644,6 +649,162 @@ def models_remove_cmd(
                 err_console.print(f"{spec.name}: not cached", highlight=False)
                 continue
             err_console.print(f"{spec.name}: removed ({_fmt_bytes(freed) if freed else '0 B'} freed)", highlight=False)
+
+
+# --------------------------------------------------------------------------- unmix eval
+
+
+@app.command(
+    "eval",
+    help="Score a model (or existing separations) on a MUSDB18-HQ-layout folder: BSS Eval v4 "
+    "SDR/SIR/ISR/SAR (museval-compatible) and the MDX uSDR.\n\n"
+    "  unmix eval musdb18hq/test -m htdemucs\n\n"
+    "  unmix eval musdb18hq/test --estimates my_separations/",
+    no_args_is_help=True,
+)
+def eval_cmd(
+    dataset: Path = typer.Argument(..., help="<split>/<track>/mixture.wav + <stem>.wav, or the folder holding test/."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help="Model to separate with (default htdemucs)."),
+    estimates: Optional[Path] = typer.Option(None, "--estimates", help="Score these separations (<dir>/<track>/<stem>.wav) instead of running a model."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Results folder (default eval/<model or estimates name>)."),
+    stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to score (default: those the model and references share)."),
+    subset: str = typer.Option("test", "--subset", help="Split folder when DATASET holds several."),
+    tracks: Optional[str] = typer.Option(None, "--tracks", help="Comma-separated track names (default: all)."),
+    fit_length: bool = typer.Option(False, "--fit-length", help="Pad or cut estimates to the reference length."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Score tracks again even if already scored."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only the summary."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    segment: Optional[float] = typer.Option(None, "--segment", help="Seconds per chunk (default: the model's)."),
+    overlap: Optional[float] = typer.Option(None, "--overlap", help="Chunk overlap (default: the model's)."),
+    shifts: int = typer.Option(0, "--shifts", help="Random time shifts averaged."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16."),
+    offline: bool = typer.Option(False, "--offline", help="Cached models only."),
+    registry: List[Path] = typer.Option([], "--registry", help="Extra registry YAML file(s)."),
+) -> None:
+    with handle_errors(), _sigterm_as_interrupt():
+        if model and estimates:
+            raise UsageErrorCls("give either -m/--model or --estimates, not both")
+        from .evaluate import evaluate
+
+        separate_fn, wanted, label = None, _parse_stems(stems), None
+        if estimates is None:
+            from .api import Separator
+
+            model = model or "htdemucs"
+            sep = Separator(model, device=device, segment=segment, overlap=overlap, shifts=shifts,
+                            precision=precision, offline=offline, registry_files=[str(r) for r in registry])
+            separate_fn, wanted = _eval_separate_fn(sep, dataset, subset, wanted)
+            label = f"{sep.display_name} segment={segment} overlap={overlap} shifts={shifts} precision={precision}"
+            name = sep.display_name
+        else:
+            name = estimates.name or "estimates"
+        out_dir = out or Path("eval") / name
+        progress = None if (quiet or json_out) else _EvalProgress()
+        try:
+            report = evaluate(
+                dataset, out_dir, estimates_dir=estimates, separate_fn=separate_fn, stems=wanted, subset=subset,
+                track_names=list(_parse_stems(tracks) or ()) or None, fit_length=fit_length, overwrite=overwrite,
+                label=label, progress=progress,
+            )
+        finally:
+            if progress is not None:
+                progress.close()
+        _print_eval(report, json_out, quiet)
+
+
+def _eval_separate_fn(sep, dataset: Path, subset: str, wanted: Optional[tuple]):
+    """The separation callable for evaluate(): our Separator, at the mixture's own rate.
+
+    Default stems: those both the model and the references have; a vocals-only model is
+    scored on vocals + accompaniment (mix minus vocals), as karaoke uses it.
+    """
+    from .evaluate import ACCOMPANIMENT, find_tracks
+
+    _, found = find_tracks(dataset, subset)
+    refs = set(found[0].stem_files()) if found else set()
+    shared = [s for s in sep.sources if s in refs or (s == "vocals" and ACCOMPANIMENT in refs)]
+    residual = sep.sources == ["vocals"] or (wanted is not None and ACCOMPANIMENT in wanted and ACCOMPANIMENT not in sep.sources)
+    if wanted is None:
+        wanted = tuple(shared) + ((ACCOMPANIMENT,) if residual and len(shared) < 2 else ())
+    missing = [s for s in wanted if s not in sep.sources and not (s == ACCOMPANIMENT and "vocals" in sep.sources)]
+    if missing:
+        raise UsageErrorCls(f"the model does not produce {', '.join(missing)}", hint=f"it produces: {', '.join(sep.sources)}")
+    compute = [s for s in wanted if s in sep.sources] or ["vocals"]
+    if ACCOMPANIMENT in wanted and "vocals" not in compute:
+        compute.append("vocals")
+
+    def separate_fn(mixture: Path):
+        from . import audio
+
+        mix = audio.decode(mixture, sample_rate=None, channels=sep.bag.audio_channels)
+        info = audio.probe(mixture)
+        stems_out = {k: v.numpy() for k, v in sep.separate(mix, info.sample_rate, stems=compute).items()}
+        if ACCOMPANIMENT in wanted and ACCOMPANIMENT not in stems_out:
+            stems_out[ACCOMPANIMENT] = mix - stems_out["vocals"]
+        return stems_out
+
+    return separate_fn, tuple(wanted)
+
+
+class _EvalProgress:
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._p = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[track]}"),
+                           TimeRemainingColumn(), console=err_console)
+        self._task = None
+        self._p.start()
+
+    def __call__(self, done: int, total: int, track: str, status: str) -> None:
+        if self._task is None:
+            self._task = self._p.add_task("eval", total=total, track="")
+        self._p.update(self._task, completed=done, track=f"{track} ({status})" if status == "skipped" else track)
+
+    def close(self) -> None:
+        self._p.stop()
+
+
+def _print_eval(report, json_out: bool, quiet: bool) -> None:
+    import json
+    import math
+
+    def num(v):
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(v, 3)
+
+    if json_out:
+        out_console.file.write(json.dumps({
+            "dataset": str(report.dataset), "output": str(report.output_dir), "stems": list(report.stems),
+            "tracks": len(report.tracks), "skipped": report.skipped,
+            "aggregate": {kind: {stem: {m: num(v) for m, v in ms.items()} for stem, ms in rows.items()}
+                          for kind, rows in report.aggregate.items()},
+            "files": {k: str(v) for k, v in report.files.items()},
+        }) + "\n")
+        return
+    from rich.table import Table
+
+    metrics = ("SDR", "SIR", "ISR", "SAR", "uSDR")
+    if not quiet:
+        per_track = Table(title="per track (median over 1 s windows; uSDR over the track)", show_edge=False)
+        for col in ("track", "stem", *metrics):
+            per_track.add_column(col, justify="left" if col in ("track", "stem") else "right")
+        for t in report.tracks:
+            for stem in report.stems:
+                per_track.add_row(t.track, stem, *(_fmt_db(t.scores[stem].get(m)) for m in metrics))
+        out_console.print(per_track)
+    summary = Table(title="median over tracks (as the papers report; uSDR: mean over tracks, as MDX)", show_edge=False)
+    for col in ("stem", *metrics):
+        summary.add_column(col, justify="left" if col == "stem" else "right")
+    for stem, row in report.aggregate["median"].items():
+        usdr = report.aggregate["mean"][stem].get("uSDR")
+        summary.add_row(stem, *(_fmt_db(row.get(m)) for m in metrics[:-1]), _fmt_db(usdr))
+    out_console.print(summary)
+    out_console.print(f"results: {report.output_dir}")
+
+
+def _fmt_db(v) -> str:
+    return "-" if v is None or v != v else f"{v:.2f}"
+
 
 
 def main() -> None:

@@ -940,7 +940,13 @@ class AudioWriter:
             return
         self.frames_written += data.shape[1]
         if self._sf is not None:
-            self._sf.write(self._to_pcm(data).T)  # soundfile takes [t, C]
+            try:
+                self._sf.write(self._to_pcm(data).T)  # soundfile takes [t, C]
+            except RuntimeError as exc:  # soundfile.LibsndfileError: libsndfile keeps no errno
+                raise AudioEncodeError(
+                    f"writing failed ({exc}; disk full, file size limit, or the folder removed?)",
+                    path=self.path, hint="check the free space and the output folder, then run again to resume",
+                ) from None
         else:
             if self._resampler is not None:
                 data = self._resampler.process(data)

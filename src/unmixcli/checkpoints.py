@@ -631,14 +631,28 @@ class _BagSpec:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
+def _yaml_where(exc: Exception) -> str:
+    """' at line N' for a YAML error that knows where it is (YAML's own text spans several lines)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f" at line {mark.line + 1}" if mark is not None else ""
+
+
 def _read_bag_yaml(path: Path) -> _BagSpec:
     try:
         with open(path, "r", encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
     except FileNotFoundError as exc:
         raise CheckpointError("bag file not found", path=path, hint="check the path, or download the model again") from exc
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise CheckpointError(f"bag file is not valid YAML ({exc})", path=path, hint=_BAG_HINT) from exc
+    except yaml.constructor.ConstructorError as exc:
+        # e.g. !!python/object tags: safe_load refuses to build Python objects from a file.
+        raise CheckpointError(f"bag file uses a YAML tag that is not allowed{_yaml_where(exc)} ({exc.problem})",
+                              path=path, hint=_BAG_HINT) from exc
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CheckpointError(f"bag file is not valid YAML{_yaml_where(exc)}: {problem}", path=path,
+                              hint=_BAG_HINT) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read the bag file ({exc})", path=path, hint=_BAG_HINT) from exc
     if not isinstance(data, dict) or "models" not in data:
         raise CheckpointError("bag file has no 'models' list", path=path, hint=_BAG_HINT)
     models = data["models"]

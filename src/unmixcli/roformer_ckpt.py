@@ -69,7 +69,11 @@ def read_config(config_path) -> Dict[str, Any]:
             hint="only plain YAML and !!python/tuple are accepted; tags that build Python objects are refused",
         ) from exc
     except yaml.YAMLError as exc:
-        raise CheckpointError(f"the config is not valid YAML ({exc})", path=path) from exc
+        # YAML's own message spans several lines; keep the error to one.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CheckpointError(f"the config is not valid YAML{where}: {problem}", path=path) from exc
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise CheckpointError("the config has no 'model' section", path=path,
                               hint="expected a Music-Source-Separation-Training config (audio/model/training)")

@@ -434,6 +434,7 @@ def separate_track(
     t0 = time.monotonic()
     report = progress or (lambda stage, done, total: None)
     scratch = Path(tempfile.mkdtemp(prefix="unmix-", dir=scratch_root))
+    finished = False
     try:
         # Pass 1: decode at the model's rate; statistics for normalisation; exact length.
         stats = MixStats()
@@ -515,12 +516,29 @@ def separate_track(
                 for block in blocks:
                     writer.write(block)
             report("write", (i + 1) * duration, total_write)
+        # "done" promises every stem is on disk: the output folder may have been moved or deleted meanwhile.
+        gone = [p for p in job.outputs.values() if not p.is_file()]
+        if gone:
+            raise AudioEncodeError("stem file disappeared while the track was being written", path=gone[0],
+                                   hint="was the output folder moved or deleted? run again to redo the track")
+        finished = True
         return TrackResult(job, "done", dict(job.outputs), duration, time.monotonic() - t0)
     except OSError as err:
         # Disk full, folder vanished, permission denied... while writing scratch or output.
         raise AudioEncodeError(f"cannot write: {err.strerror or err}", path=getattr(err, "filename", None) or job.input)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if not finished:
+            _remove_if_empty({p.parent for p in job.outputs.values()})
+
+
+def _remove_if_empty(folders) -> None:
+    """Remove a failed track's own output folders when nothing was written in them (best effort)."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # fails unless empty: finished stems of an earlier run are never touched
+        except OSError:
+            pass
 
 
 def _to_numpy(t) -> np.ndarray:

@@ -23,7 +23,6 @@ from unmixcli import checkpoints as ck
 from unmixcli.errors import CheckpointError, ModelNotFoundError
 from unmixcli.models.bag import ModelBag
 
-torch.set_num_threads(1)
 
 REF = dx.reference_classes()
 FACTORIES = {"htdemucs": dx.tiny_htdemucs, "hdemucs": dx.tiny_hdemucs, "demucs": dx.tiny_demucs}

@@ -28,14 +28,6 @@ CPU = torch.device("cpu")
 SR = 8000  # tiny models run at 8 kHz to keep the tests fast
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- fake models
 
 

@@ -303,7 +303,6 @@ def test_remove_frees_the_files_and_keeps_other_entries_of_a_shared_repo(fake_hu
 
 def test_load_model_from_the_hub_and_from_a_local_path(fake_hub, tmp_path):
     torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
     export = pytest.importorskip("demucs_export")
     from unmixcli import pretrained
 

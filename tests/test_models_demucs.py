@@ -25,15 +25,6 @@ SOURCES = ["drums", "bass", "other", "vocals"]
 REL_TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Shared CPU: run this module on one thread, restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _param_layout(model):
     return [(name, tuple(p.shape)) for name, p in model.named_parameters()]
 

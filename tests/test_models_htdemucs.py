@@ -30,14 +30,6 @@ RELEASED_6S = dict(dconv_mode=3, t_dropout=0.02, segment=Fraction(39, 5))
 TOL = 1e-5  # max |ours - ref| <= TOL * max |ref|
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _names(model: torch.nn.Module):
     return [(name, tuple(p.shape)) for name, p in model.named_parameters()]
 

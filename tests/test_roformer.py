@@ -35,14 +35,6 @@ MEL_MONO_CFG = dict(dim=48, depth=1, stereo=False, num_stems=3, num_bands=12, di
                     stft_n_fft=1024, stft_win_length=1024, stft_hop_length=256)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def _reference(cls, cfg, seed=0):
     """A random reference model; norm gains are perturbed so that they matter."""
     torch.manual_seed(seed)

@@ -101,14 +101,6 @@ inference:
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def random_model(cls, cfg, seed):
     """A tiny model with random weights; norm gains perturbed so that they matter."""
     torch.manual_seed(seed)

@@ -17,6 +17,7 @@ never wraps; and (part 3) a nasty file name cannot put output outside `-o`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -59,6 +60,7 @@ def signal(frames: int, rate: int, channels: int = 2, gain: float = 0.3, seed: i
 
 def write_wav(path: Path, x: np.ndarray, rate: int, subtype: str = "FLOAT") -> Path:
     """x: [C, T]."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, x.T, rate, subtype=subtype, format="WAV")
     return path
 
@@ -216,6 +218,9 @@ CASES = [
     # In a folder named "Bootlegs [", this file's path reads "Bootlegs [/b] broken.mp3": a closing tag.
     Case("Bootlegs [/b] broken.mp3", lambda p: p.write_bytes(b"ID3" + bytes(300)), "fail",
          cause=r"Bootlegs \[/b\] broken\.mp3: .*(not a readable|no audio)"),
+    # A long name (240 bytes): the output folder is named after it, and temporary files must fit too.
+    Case("x" * 231 + " long.flac", lambda p: audio.encode(p, signal(N44, 44100), 44100),
+         frames=at_model_rate(N44, 44100)),
     # A FIFO named like audio: opening it would block forever waiting for a writer.
     Case("pipe.wav", _fifo, "fail", cause="not a regular file"),
 ]
@@ -455,3 +460,56 @@ def test_dry_run_shows_each_input_status_and_the_missing_one(tmp_path, model_dir
     assert f"{song}  [separate]" in result.stdout  # brackets printed, not taken as markup
     assert f"{tmp_path / 'typo.wav'}  [error: no such file or folder]" in result.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_inside_the_library_is_not_walked_as_input(tmp_path, model_dir):
+    library = tmp_path / "Music"
+    write_wav(library / "Album" / "song.wav", signal(1600, MODEL_RATE), MODEL_RATE, "PCM_16")
+    out = library / "stems"  # `unmix ~/Music -o ~/Music/stems`, run twice
+    first = run_cli([library, "-m", model_dir, "-o", out, "-q"])
+    assert first.exit_code == 0, first.output
+    stems = sorted(out.rglob("*.wav"))
+    assert len(stems) == 4
+    again = run_cli([library, "-m", model_dir, "-o", out, "--json"])
+    assert again.exit_code == 0, again.output
+    started = [json.loads(l) for l in again.stdout.splitlines() if '"event": "start"' in l]
+    assert started == []  # the song is skipped, and its stems are not separated in turn
+    assert sorted(out.rglob("*.wav")) == stems
+
+
+def test_an_input_we_may_not_read_fails_alone(tmp_path, model_dir, monkeypatch):
+    library = tmp_path / "lib"
+    good = write_wav(library / "good.wav", signal(1600, MODEL_RATE), MODEL_RATE, "PCM_16")
+    locked = write_wav(library / "locked.wav", signal(1600, MODEL_RATE), MODEL_RATE, "PCM_16")
+    if os.geteuid() == 0:
+        # root reads anything: make opening this one file fail as chmod 000 would for a user.
+        import builtins
+
+        real_open = builtins.open
+
+        def guarded(file, *args, **kwargs):
+            if os.fspath(file) == os.fspath(locked):
+                raise PermissionError(13, "Permission denied", os.fspath(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(audio, "open", guarded, raising=False)
+    else:
+        locked.chmod(0)
+    result = run_cli([library, "-m", model_dir, "-o", tmp_path / "out", "-q"])
+    assert result.exit_code == 1
+    [line] = error_lines(result.stderr)
+    assert str(locked) in line and "permission denied" in line
+    assert not (tmp_path / "out" / "tiny" / "locked").exists()
+    assert len(list((tmp_path / "out" / "tiny" / "good").iterdir())) == 4
+    assert good.exists()
+
+
+def test_stem_names_near_the_file_name_limit(tmp_path, model_dir):
+    # 236-byte track name + "_vocals.wav" = 247 bytes: legal, though the temporary file's would not be.
+    name = "ü" * 110 + "y" * 16
+    assert len((name + "_vocals.wav").encode()) < 256
+    song = write_wav(tmp_path / f"{name}.wav", signal(1600, MODEL_RATE), MODEL_RATE, "PCM_16")
+    out = tmp_path / "out"
+    result = run_cli([song, "-m", model_dir, "-o", out, "-q", "--filename", "{track}_{stem}.{ext}"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{name}_{s}.wav" for s in STEMS)

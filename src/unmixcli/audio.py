@@ -811,7 +811,10 @@ class AudioWriter:
         folder = self.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=folder)
+            # The temporary name is longer than the target's: cut the target's name so that a
+            # target near the 255-byte limit can still be written.
+            stem = os.fsencode(self.path.name)[:96].decode(errors="ignore")
+            fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".part", dir=folder)
             os.close(fd)
         except OSError as exc:
             raise AudioEncodeError(f"cannot create a file in {folder} ({exc.strerror or exc})",

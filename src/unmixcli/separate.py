@@ -210,19 +210,22 @@ def render_output(template: str, out_dir: Path, *, track: str, stem: str, model:
     return path
 
 
-def expand_inputs(inputs: Sequence[str], missing: Optional[List[str]] = None) -> List[Tuple[Path, str]]:
+def expand_inputs(inputs: Sequence[str], missing: Optional[List[str]] = None,
+                  exclude: Optional[Path] = None) -> List[Tuple[Path, str]]:
     """Files to process, each with its folder relative to the input folder it came from ('' for files).
 
     Folders are walked recursively (symbolic-link loops are cut); only media
     extensions are taken from folders; globs are expanded; a path that does not
     exist raises AudioDecodeError, or is appended to `missing` when a list is
-    given (so that one mistyped path does not stop a batch).
+    given (so that one mistyped path does not stop a batch). A walk does not
+    enter `exclude` (the output folder, when it lies inside an input folder:
+    stems written there are not inputs of the next run).
     """
     found: List[Tuple[Path, str]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found.extend(_walk_media(path))
+            found.extend(_walk_media(path, exclude))
         elif path.exists() or os.path.islink(item):
             found.append((path, ""))
         elif glob.has_magic(item):
@@ -231,7 +234,7 @@ def expand_inputs(inputs: Sequence[str], missing: Optional[List[str]] = None) ->
                 raise UsageError(f"{item}: no file matches this pattern")
             for m in matches:
                 mp = Path(m)
-                found.extend(_walk_media(mp) if mp.is_dir() else [(mp, "")])
+                found.extend(_walk_media(mp, exclude) if mp.is_dir() else [(mp, "")])
         elif missing is not None:
             missing.append(item)
         else:
@@ -246,12 +249,20 @@ def expand_inputs(inputs: Sequence[str], missing: Optional[List[str]] = None) ->
     return unique
 
 
-def _walk_media(root: Path) -> List[Tuple[Path, str]]:
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _walk_media(root: Path, exclude: Optional[Path] = None) -> List[Tuple[Path, str]]:
     out: List[Tuple[Path, str]] = []
     visited = set()
+    skip = os.path.realpath(exclude) if exclude is not None else None
+    if skip is not None and _inside(os.path.realpath(root), skip):
+        skip = None  # the user pointed into the output tree on purpose
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in visited:  # a symbolic-link loop, or a folder reached twice
+        if real in visited or (skip is not None and _inside(real, skip)):
+            # A symbolic-link loop, a folder reached twice, or our own output folder.
             dirnames[:] = []
             continue
         visited.add(real)
@@ -281,7 +292,7 @@ def plan(
     jobs: List[Job] = []
     taken: Dict[Path, Path] = {}
     missing: List[str] = []
-    expanded = expand_inputs(inputs, missing)
+    expanded = expand_inputs(inputs, missing, exclude=Path(output.out_dir))
     # Paths that do not exist fail on their own, first (a typo is reported at once), and the batch goes on.
     for item in missing:
         error = AudioDecodeError("no such file or folder", path=item, hint="check the path")

@@ -229,7 +229,7 @@ def test_ctrl_c_while_writing_stems_leaves_only_whole_files(tmp_path, model_dir,
     assert len(files_under(out / "tiny" / "b")) == 4
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_signal_in_the_middle_of_a_track(tmp_path, model_dir, signum):
     a = song(tmp_path / "in" / "a.wav", 0.5)
     song(tmp_path / "in" / "b.wav", 30.0, seed=1)

@@ -221,6 +221,8 @@ CASES = [
     # A long name (240 bytes): the output folder is named after it, and temporary files must fit too.
     Case("x" * 231 + " long.flac", lambda p: audio.encode(p, signal(N44, 44100), 44100),
          frames=at_model_rate(N44, 44100)),
+    # A symbolic link whose target is gone (a moved library), and a folder named like audio.
+    Case("dangling link.mp3", lambda p: os.symlink("moved away.mp3", p), "fail", cause="file not found"),
     # A FIFO named like audio: opening it would block forever waiting for a writer.
     Case("pipe.wav", _fifo, "fail", cause="not a regular file"),
 ]
@@ -240,6 +242,7 @@ def build_corpus(folder: Path) -> Dict[str, Case]:
     write_wav(sub / "bonus.wav", signal(N44, 44100, seed=4), 44100, "PCM_16")
     (sub / "folder.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
     (sub / "empty subfolder").mkdir()
+    (sub / "not a song.mp3").mkdir()  # a folder named like audio is walked, not decoded
     os.symlink("..", sub / "loop")  # a symbolic-link loop back to the top
     return {c.name: c for c in CASES}
 

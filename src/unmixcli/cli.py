@@ -238,21 +238,25 @@ def separate_cmd(
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C: clean-up code runs, temporary files go, exit 130."""
+    """SIGTERM (and SIGHUP: the terminal was closed) behave like Ctrl-C: clean-up code runs,
+    temporary files go, exit 130. Left to their default, they would kill the process and
+    leave scratch and partial files behind."""
     import signal
 
     def _raise(signum, frame):
         raise KeyboardInterrupt
 
+    signums = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     try:
-        previous = signal.signal(signal.SIGTERM, _raise)
-    except ValueError:  # not the main thread (e.g. some test runners): leave SIGTERM alone
+        previous = {s: signal.signal(s, _raise) for s in signums}
+    except ValueError:  # not the main thread (e.g. some test runners): leave the signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
@@ -516,3 +517,20 @@ def test_stem_names_near_the_file_name_limit(tmp_path, model_dir):
     result = run_cli([song, "-m", model_dir, "-o", out, "-q", "--filename", "{track}_{stem}.{ext}"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{name}_{s}.wav" for s in STEMS)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="only Linux file systems take names that are not UTF-8")
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3"])
+def test_a_file_name_that_is_not_utf8(tmp_path, model_dir, fmt):
+    # Old libraries copied from Latin-1 systems: Python sees such names with surrogate escapes.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    raw = os.fsencode(folder) + b"/caf\xe9 latin-1.wav"
+    tmp = write_wav(tmp_path / "tmp.wav", signal(1600, MODEL_RATE), MODEL_RATE, "PCM_16")
+    os.rename(os.fsencode(tmp), raw)
+    out = tmp_path / "out"
+    result = run_cli([folder, "-m", model_dir, "-o", out, "-q", "-f", fmt])
+    assert result.exit_code == 0, result.output
+    [track] = os.listdir(os.fsencode(out / "tiny"))
+    assert track == b"caf\xe9 latin-1"  # the name's bytes are kept as they were
+    assert len(os.listdir(os.fsencode(out / "tiny") + b"/" + track)) == 4

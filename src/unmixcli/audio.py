@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -835,7 +836,7 @@ class AudioWriter:
         subtype = {16: "PCM_16", 24: "PCM_24", 32: "FLOAT"}[self.bit_depth]
         container = {"wav": "WAV", "flac": "FLAC"}[self.format]
         try:
-            self._sf = sf.SoundFile(os.fspath(self._tmp), mode="w", samplerate=self.sample_rate,
+            self._sf = sf.SoundFile(_native_name(self._tmp), mode="w", samplerate=self.sample_rate,
                                     channels=self.channels, subtype=subtype, format=container)
         except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
             raise AudioEncodeError(f"cannot open {self.format} encoder ({exc})", path=self.path) from None
@@ -1003,6 +1004,18 @@ class AudioWriter:
         rest = joined[:, stop:]
         self._pending = [rest] if rest.shape[1] else []
         self._n_pending = rest.shape[1]
+
+
+def _native_name(path: Path):
+    """`path` as soundfile can open it: str, or bytes when the name is not valid in the file-system
+    encoding (a Latin-1 name on a UTF-8 system arrives with surrogate escapes, which soundfile
+    cannot encode)."""
+    name = os.fspath(path)
+    try:
+        name.encode(sys.getfilesystemencoding())
+    except UnicodeEncodeError:
+        return os.fsencode(name)
+    return name
 
 
 def _current_umask() -> int:

@@ -229,28 +229,34 @@ def test_ctrl_c_while_writing_stems_leaves_only_whole_files(tmp_path, model_dir,
     assert len(files_under(out / "tiny" / "b")) == 4
 
 
+def start_and_wait_for_b(tmp_path, model_dir, out, scratch):
+    """A real `unmix` process on in/ (a.wav short, b.wav 30 s), returned once it is separating b."""
+    # --overlap 0.9 makes the tiny model about ten times slower: b takes seconds.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unmixcli", str(tmp_path / "in"), "-m", str(model_dir), "-o", str(out),
+         "--json", "--overlap", "0.9"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, TMPDIR=str(scratch)),
+    )
+    seen = []
+    deadline = time.monotonic() + 90
+    for line in proc.stdout:
+        event = json.loads(line)
+        seen.append(event)
+        if event["event"] == "progress" and event["stage"] == "separate" and event["input"].endswith("b.wav"):
+            return proc, seen
+        assert time.monotonic() < deadline, seen
+    raise AssertionError(f"the process ended before separating b: {seen}")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_signal_in_the_middle_of_a_track(tmp_path, model_dir, signum):
     a = song(tmp_path / "in" / "a.wav", 0.5)
     song(tmp_path / "in" / "b.wav", 30.0, seed=1)
     out, scratch = tmp_path / "out", tmp_path / "scratch"
     scratch.mkdir()
-    # --overlap 0.9 makes the tiny model about ten times slower: b takes seconds, so the signal
-    # lands while b is being separated (its scratch files exist, none of its stems do).
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "unmixcli", str(tmp_path / "in"), "-m", str(model_dir), "-o", str(out),
-         "--json", "--overlap", "0.9"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, TMPDIR=str(scratch)),
-    )
+    # The signal lands while b is being separated (its scratch files exist, none of its stems do).
+    proc, seen = start_and_wait_for_b(tmp_path, model_dir, out, scratch)
     try:
-        seen = []
-        deadline = time.monotonic() + 90
-        for line in proc.stdout:
-            event = json.loads(line)
-            seen.append(event)
-            if event["event"] == "progress" and event["stage"] == "separate" and event["input"].endswith("b.wav"):
-                break
-            assert time.monotonic() < deadline, seen
         assert any(e["event"] == "done" and e["input"] == str(a) for e in seen), seen
         assert list(scratch.iterdir()), "b's scratch folder should exist mid-track"
         proc.send_signal(signum)
@@ -270,6 +276,33 @@ def test_signal_in_the_middle_of_a_track(tmp_path, model_dir, signum):
     assert again.exit_code == 0
     kinds = {(e["event"], Path(e["input"]).name) for e in events(again.stdout) if "input" in e}
     assert ("skipped", "a.wav") in kinds and ("done", "b.wav") in kinds
+    assert_whole_stems(out, {"a": 0.5, "b": 30.0})
+
+
+def test_scratch_of_a_killed_run_is_removed_by_the_next_run(tmp_path, model_dir, monkeypatch):
+    import tempfile
+
+    song(tmp_path / "in" / "a.wav", 0.5)
+    song(tmp_path / "in" / "b.wav", 30.0, seed=1)
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    scratch.mkdir()
+    proc, _ = start_and_wait_for_b(tmp_path, model_dir, out, scratch)
+    proc.kill()  # SIGKILL: no clean-up is possible
+    proc.communicate(timeout=30)
+    [dead] = list(scratch.iterdir())
+    assert any(dead.iterdir())  # its scratch audio is still there
+    # Folders that must survive: one of a live process (this one), one that is not ours.
+    live = scratch / "unmix-live"
+    live.mkdir()
+    from unmixcli.separate import _boot_id
+
+    (live / "owner").write_text(f"{os.getpid()} {_boot_id()}\n")
+    foreign = scratch / "unmix-something-else"
+    foreign.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    result = run_cli([tmp_path / "in", "-m", model_dir, "-o", out, "-q"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in scratch.iterdir()) == sorted([live.name, foreign.name])
     assert_whole_stems(out, {"a": 0.5, "b": 30.0})
 
 

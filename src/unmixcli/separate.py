@@ -444,7 +444,7 @@ def separate_track(
     compute, written = request.resolve(bag.sources)
     t0 = time.monotonic()
     report = progress or (lambda stage, done, total: None)
-    scratch = Path(tempfile.mkdtemp(prefix="unmix-", dir=scratch_root))
+    scratch = _new_scratch(scratch_root)
     finished = False
     try:
         # Pass 1: decode at the model's rate; statistics for normalisation; exact length.
@@ -552,6 +552,63 @@ def _remove_if_empty(folders) -> None:
             pass
 
 
+# Scratch folders record who made them, so that a later run can remove those of a
+# process that was killed outright (SIGKILL, the OOM killer, a power cut), which
+# had no chance to clean up; a long track leaves gigabytes there.
+_SCRATCH_PREFIX = "unmix-"
+_SCRATCH_OWNER = "owner"
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return "-"
+
+
+def _new_scratch(root: Optional[str]) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix=_SCRATCH_PREFIX, dir=root))
+    (folder / _SCRATCH_OWNER).write_text(f"{os.getpid()} {_boot_id()}\n")
+    return folder
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_scratch(root: Optional[str] = None) -> int:
+    """Delete scratch folders left by runs that died without cleaning up; returns how many.
+
+    Only folders with an owner record are touched, and only when that process no
+    longer runs (or ran before the last reboot). Best effort: errors are ignored.
+    """
+    base = Path(root or tempfile.gettempdir())
+    removed = 0
+    boot = _boot_id()
+    try:
+        candidates = list(base.glob(_SCRATCH_PREFIX + "*"))
+    except OSError:
+        return 0
+    for folder in candidates:
+        try:
+            pid_text, owner_boot = (folder / _SCRATCH_OWNER).read_text().split()
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            continue  # not ours, or being created right now
+        if owner_boot == boot and _process_alive(pid):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += not folder.exists()
+    return removed
+
+
 def _to_numpy(t) -> np.ndarray:
     return t.detach().to("cpu").float().numpy() if hasattr(t, "detach") else np.asarray(t, dtype=np.float32)
 
@@ -632,6 +689,7 @@ def run_batch(
     """
     results: List[TrackResult] = []
     count = len(jobs)
+    remove_stale_scratch()
     for index, job in enumerate(jobs):
         if job.error is not None:
             res = TrackResult(job, "failed", error=job.error)

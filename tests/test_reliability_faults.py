@@ -136,10 +136,10 @@ def test_output_folder_vanishing_mid_run(tmp_path, model_dir, monkeypatch, momen
     a_in, a_out = str(tmp_path / "in" / "a.wav"), str(out / "tiny" / "a") + os.sep
     assert a_in in line or a_out in line, line  # the error names track a (its input or one of its stems)
     assert "Traceback" not in result.output
-    # Track a is not reported done with a stem missing; b went on and is whole.
+    # Track a is not reported done with a stem missing, and keeps nothing; b went on and is whole.
     assert_whole_stems(out, {"a": 0.5, "b": 0.5})
     assert len(files_under(out / "tiny" / "b")) == 4
-    assert len(files_under(out / "tiny" / "a")) < 4
+    assert not (out / "tiny" / "a").exists()
     monkeypatch.setattr(audio.AudioWriter, method, real)
     again = run_cli([tmp_path / "in", "-m", model_dir, "-o", out, "-q"])
     assert again.exit_code == 0
@@ -167,6 +167,7 @@ def test_disk_full_while_writing_a_stem(tmp_path, model_dir, monkeypatch):
     assert "Traceback" not in result.output
     assert_whole_stems(out, {"a": 0.5, "b": 0.5})
     assert len(files_under(out / "tiny" / "b")) == 4
+    assert not (out / "tiny" / "a").exists()  # all or nothing: a's two finished stems were removed
 
 
 def test_a_real_file_size_limit_in_a_subprocess(tmp_path, model_dir):
@@ -220,7 +221,7 @@ def test_ctrl_c_while_writing_stems_leaves_only_whole_files(tmp_path, model_dir,
     assert "Traceback" not in result.output
     assert_whole_stems(out, {"a": 0.5, "b": 0.5})
     assert len(files_under(out / "tiny" / "a")) == 4
-    assert len(files_under(out / "tiny" / "b")) == 1
+    assert not (out / "tiny" / "b").exists()  # b's first stem, written before the interrupt, went with it
     monkeypatch.setattr(audio.AudioWriter, "write", real_write)
     again = run_cli([a, b, "-m", model_dir, "-o", out, "--json"])
     assert again.exit_code == 0

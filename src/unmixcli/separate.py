@@ -446,6 +446,7 @@ def separate_track(
     report = progress or (lambda stage, done, total: None)
     scratch = _new_scratch(scratch_root)
     finished = False
+    written_now: List[Path] = []  # stems this call put in place: a failed track keeps none of them
     try:
         # Pass 1: decode at the model's rate; statistics for normalisation; exact length.
         stats = MixStats()
@@ -526,6 +527,7 @@ def separate_track(
             ) as writer:
                 for block in blocks:
                     writer.write(block)
+            written_now.append(path)
             report("write", (i + 1) * duration, total_write)
         # "done" promises every stem is on disk: the output folder may have been moved or deleted meanwhile.
         gone = [p for p in job.outputs.values() if not p.is_file()]
@@ -540,11 +542,17 @@ def separate_track(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         if not finished:
-            _remove_if_empty({p.parent for p in job.outputs.values()})
+            _discard_partial_track(written_now, {p.parent for p in job.outputs.values()})
 
 
-def _remove_if_empty(folders) -> None:
-    """Remove a failed track's own output folders when nothing was written in them (best effort)."""
+def _discard_partial_track(stems: Sequence[Path], folders) -> None:
+    """A track that failed or was interrupted is all or nothing: remove the stems written for it
+    in this run, then its output folders if that leaves them empty (best effort)."""
+    for path in stems:
+        try:
+            path.unlink()
+        except OSError:
+            pass
     for folder in folders:
         try:
             folder.rmdir()  # fails unless empty: finished stems of an earlier run are never touched
@@ -684,8 +692,8 @@ def run_batch(
     """Separate every job; a bad file is reported and the batch goes on.
 
     KeyboardInterrupt (Ctrl-C, or SIGTERM turned into it by the CLI) stops the
-    batch at once: the current track's scratch and temporary files are removed
-    on the way out, finished tracks stay.
+    batch at once: the current track's scratch and temporary files, and the
+    stems it had already written, are removed on the way out; finished tracks stay.
     """
     results: List[TrackResult] = []
     count = len(jobs)

@@ -19,6 +19,16 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True)
+def _cli_state_reset():
+    """`unmix -v ...` sets a module-level flag; each test starts without it."""
+    from unmixcli import cli
+
+    cli.state.verbose = False
+    yield
+    cli.state.verbose = False
+
 # ============================================================================
 # Hugging Face Hub / model registry (issue 5): an isolated cache and config dir,
 # and a loopback fake Hub (tests/fakehub.py) that huggingface_hub talks to.

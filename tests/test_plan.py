@@ -141,3 +141,15 @@ def test_stem_requests():
         StemRequest(karaoke=True).resolve(["drums", "bass"])
     with pytest.raises(UsageError):
         StemRequest(karaoke=True, stems=("vocals",)).resolve(STEMS)
+
+
+def test_stems_of_an_earlier_run_are_never_inputs_even_when_out_is_the_input_folder(tmp_path):
+    music = tmp_path / "music"
+    touch(music / "song.wav")
+    out = OutputOptions(out_dir=music)  # -o is the input folder itself
+    (job,) = plan([str(music)], model_name="m", output_stems=STEMS, output=out)
+    for p in job.outputs.values():
+        touch(p, b"RIFF")  # the first run wrote its stems inside the input tree
+    jobs = plan([str(music)], model_name="m", output_stems=STEMS, output=out)
+    assert [j.input.name for j in jobs] == ["song.wav"]
+    assert jobs[0].skip and jobs[0].outputs == job.outputs

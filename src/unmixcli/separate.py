@@ -290,18 +290,35 @@ def plan(
     """
     output.validate()
     jobs: List[Job] = []
-    taken: Dict[Path, Path] = {}
     missing: List[str] = []
     expanded = expand_inputs(inputs, missing, exclude=Path(output.out_dir))
     # Paths that do not exist fail on their own, first (a typo is reported at once), and the batch goes on.
     for item in missing:
         error = AudioDecodeError("no such file or folder", path=item, hint="check the path")
         jobs.append(Job(input=Path(item), track=Path(item).stem, rel_dir="", outputs={}, error=error))
+    assigned = _assign_outputs(expanded, output, model_name, output_stems)
+    # Stems of an earlier run found among the inputs (e.g. `-o` is the input folder itself)
+    # are outputs of this run, never inputs: drop them and plan again without them.
+    produced = {os.path.realpath(p) for _, _, _, outputs in assigned for p in outputs.values()}
+    kept = [(path, rel) for path, rel in expanded if os.path.realpath(path) not in produced]
+    if len(kept) != len(expanded):
+        assigned = _assign_outputs(kept, output, model_name, output_stems)
+    for path, rel, track, outputs in assigned:
+        skip = not output.overwrite and all(p.is_file() and p.stat().st_size > 0 for p in outputs.values())
+        jobs.append(Job(input=path, track=track, rel_dir=rel, outputs=outputs, skip=skip))
+    return jobs
+
+
+def _assign_outputs(
+    expanded: Sequence[Tuple[Path, str]], output: OutputOptions, model_name: str, output_stems: Sequence[str]
+) -> List[Tuple[Path, str, str, Dict[str, Path]]]:
+    """(input, rel_dir, track name, {stem: output path}) for each input, collisions resolved in order."""
+    taken: Dict[Path, Path] = {}
+    assigned = []
     for path, rel in expanded:
         track = path.stem if path.suffix else path.name
         outputs = _outputs_for(output, model_name, output_stems, track, rel)
-        clash = [p for p in outputs.values() if p in taken]
-        if clash:
+        if any(p in taken for p in outputs.values()):
             track = f"{track}_{path.suffix.lstrip('.') or 'file'}"
             outputs = _outputs_for(output, model_name, output_stems, track, rel)
             n = 2
@@ -312,9 +329,8 @@ def plan(
             taken[p] = path
         if len(set(outputs.values())) != len(outputs):
             raise UsageError("the --filename template gives every stem the same file name", hint="include {stem}")
-        skip = not output.overwrite and all(p.is_file() and p.stat().st_size > 0 for p in outputs.values())
-        jobs.append(Job(input=path, track=track, rel_dir=rel, outputs=outputs, skip=skip))
-    return jobs
+        assigned.append((path, rel, track, outputs))
+    return assigned
 
 
 def _outputs_for(output: OutputOptions, model: str, stems: Sequence[str], track: str, rel: str) -> Dict[str, Path]:

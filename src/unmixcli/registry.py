@@ -271,7 +271,7 @@ def load_registry_file(path: os.PathLike | str) -> Tuple[Optional[str], List[Mod
     except OSError as exc:
         raise RegistryError(f"cannot read registry file ({exc.strerror or exc})", path=path)
     try:
-        data = yaml.load(text, Loader=_StrictLoader)
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: plain data only
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)

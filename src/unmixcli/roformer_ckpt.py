@@ -62,7 +62,7 @@ def read_config(config_path) -> Dict[str, Any]:
         raise CheckpointError(f"cannot read the model config ({exc.strerror or exc})", path=path,
                               hint="pass the YAML config that belongs to this checkpoint") from exc
     try:
-        data = yaml.load(text, Loader=_ConfigLoader)
+        data = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader subclass (+ tuples only)
     except yaml.constructor.ConstructorError as exc:
         raise CheckpointError(
             f"the config uses a YAML tag that is not allowed ({exc.problem})", path=path,

@@ -257,7 +257,7 @@ class HDecLayer(nn.Module):
             if self.dconv is not None:
                 y = _dconv_any(self.dconv, y, self.freq)
 
-        z = self.norm2(self.conv_tr(y))
+        z = self.norm2(_transposed_conv(self.conv_tr, y, self.freq))
         if self.freq:
             if self.pad:
                 z = z[..., self.pad:-self.pad, :]
@@ -268,6 +268,20 @@ class HDecLayer(nn.Module):
         if not self.last:
             z = F.gelu(z)
         return z, y
+
+
+def _transposed_conv(conv_tr: nn.Module, y: torch.Tensor, freq: bool) -> torch.Tensor:
+    """`conv_tr(y)`, with the 2-D (frequency) case run on channels-last memory on CPU.
+
+    torch sends a contiguous NCHW ConvTranspose2d on CPU down its slow path; oneDNN
+    takes channels-last input and gives the same values bit for bit about 3x faster
+    (measured on this model's decoder shapes). Only this op gains: the result goes back
+    to the default layout, because the next layers' convolutions are slower on
+    channels-last.
+    """
+    if freq and y.dim() == 4 and y.device.type == "cpu":
+        return conv_tr(y.contiguous(memory_format=torch.channels_last)).contiguous()
+    return conv_tr(y)
 
 
 class MultiWrap(nn.Module):

@@ -23,17 +23,17 @@ import re
 import sys
 import warnings
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-import av
 import numpy as np
 import pytest
 import soundfile as sf
+
 from typer.testing import CliRunner
 
 from demucs_export import export_bag, tiny_htdemucs
+from media import pyav_write
 from unmixcli import audio, cli
 
 MODEL_RATE = 8000  # the tiny test model's rate (= the default output rate)
@@ -68,40 +68,10 @@ def write_wav(path: Path, x: np.ndarray, rate: int, subtype: str = "FLOAT") -> P
 
 def write_pyav(path: Path, x: np.ndarray, rate: int, codec: str, sample_fmt: str, *,
                muxer: Optional[str] = None, video: Optional[str] = None, audio_track: bool = True) -> Path:
-    """Encode [C, T] audio (and optionally a small video track) as another program would."""
-    out = av.open(os.fspath(path), "w", format=muxer)
-    vstream = astream = None
-    if video:
-        vstream = out.add_stream(video, rate=10)
-        vstream.width, vstream.height, vstream.pix_fmt = 32, 32, "yuv420p"
-    if audio_track:
-        # FFmpeg's own Vorbis encoder is flagged experimental; allow it like `ffmpeg -strict -2`.
-        astream = out.add_stream(codec, rate=rate, options={"strict": "experimental"})
-        astream.layout = "stereo"
-        astream.format = sample_fmt
-        astream.codec_context.open()
-    if vstream is not None:
-        for i in range(int(np.ceil(x.shape[1] / rate * 10))):
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 20 * i % 256, np.uint8), format="rgb24")
-            frame.pts = i
-            for packet in vstream.encode(frame):
-                out.mux(packet)
-    if astream is not None:
-        size = astream.codec_context.frame_size or 1024
-        planar = av.AudioFormat(sample_fmt).is_planar
-        for start in range(0, x.shape[1], size):
-            piece = x[:, start:start + size]
-            arr = np.ascontiguousarray(piece) if planar else np.ascontiguousarray(piece.T).reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(arr, format=sample_fmt, layout="stereo")
-            frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
-            for packet in astream.encode(frame):
-                out.mux(packet)
-    for stream in (astream, vstream):
-        if stream is not None:
-            for packet in stream.encode(None):
-                out.mux(packet)
-    out.close()
-    return path
+    """Encode [C, T] stereo audio (and optionally a small video track) as another program would."""
+    # FFmpeg's own Vorbis encoder is flagged experimental; allow it like `ffmpeg -strict -2`.
+    return pyav_write(path, x, rate, codec, sample_fmt, muxer=muxer, video=video, layout="stereo",
+                      codec_options={"strict": "experimental"}, audio_track=audio_track)
 
 
 def truncate(path: Path, keep: float = 0.5) -> Path:

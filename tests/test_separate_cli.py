@@ -339,3 +339,19 @@ def test_api_separate_to_files_and_verbose_flag_before_inputs(tmp_path, model_di
     result = run(["-v", song, "-m", model_dir, "-o", tmp_path / "o2", "-q", "--stems", "vocals"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o2" / "tiny" / "v" / "vocals.wav").is_file()
+
+
+def test_dry_run_of_a_registry_model_downloads_nothing(tmp_path, fake_hub):
+    from fakehub import registry_entry, write_registry
+
+    folder = tmp_path / "publish"
+    export_bag([tiny_htdemucs(seed=5)], None, None, folder, "tinyhub")
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    fake_hub.add_repo("test-owner/TinyHub", files)
+    registry = write_registry(tmp_path / "reg.yaml", {"tinyhub": registry_entry("tinyhub", "test-owner/TinyHub", files)})
+    song = write_song(tmp_path / "d.wav")
+    result = run([song, "-m", "tinyhub", "--registry", registry, "-o", tmp_path / "out", "--dry-run", "--karaoke"])
+    assert result.exit_code == 0, result.output
+    assert str(tmp_path / "out" / "tinyhub" / "d" / "instrumental.wav") in result.stdout
+    assert not [p for _, p, _ in fake_hub.requests if "/resolve/" in p]  # no file was fetched
+    assert not (tmp_path / "out").exists()

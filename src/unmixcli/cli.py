@@ -209,6 +209,9 @@ def separate_cmd(
         output.validate()
         reporter = _Reporter(json_events, quiet)
         with _sigterm_as_interrupt(), _warnings_as_lines():
+            if dry_run:
+                _dry_run(inputs, model, registry, output, request, reporter)
+                return
             if threads:
                 import torch
 
@@ -221,9 +224,6 @@ def separate_cmd(
                 registry_files=[str(r) for r in registry], download_progress=reporter.download_progress(),
             )
             jobs = sep.plan(inputs, output, request)
-            if dry_run:
-                reporter.plan(jobs, sep, request)
-                return
             if not jobs:
                 raise UsageErrorCls("no audio or video files found in the inputs")
             try:
@@ -234,6 +234,23 @@ def separate_cmd(
         failed = [r for r in results if r.status == "failed"]
         if failed:
             raise typer.Exit(EXIT_FAILURE)
+
+
+def _dry_run(inputs, model: str, registry, output, request, reporter) -> None:
+    """Print the plan without downloading anything: a registry entry names its stems; only a
+    local model (no download involved) is opened to learn them."""
+    from . import pretrained
+    from .separate import plan
+
+    target = pretrained.resolve(model, registry_files=[str(r) for r in registry])
+    if isinstance(target, Path):
+        bag = pretrained.load_model(str(target), device="cpu")
+        name, sources = bag.name, bag.sources
+    else:
+        name, sources = target.name, list(target.stems)
+    _, written = request.resolve(sources)
+    jobs = plan(list(inputs), model_name=name, output_stems=written, output=output)
+    reporter.plan(jobs, name, sources)
 
 
 @contextlib.contextmanager
@@ -403,12 +420,12 @@ class _Reporter:
             self._progress = None
 
     # -- plan and summary
-    def plan(self, jobs, sep, request) -> None:
+    def plan(self, jobs, model_name: str, sources) -> None:
         if self.json:
             for j in jobs:
                 self._emit(event="plan", input=str(j.input), skip=j.skip, outputs={k: str(v) for k, v in j.outputs.items()})
             return
-        out_console.print(f"model: {sep.display_name} ({', '.join(sep.sources)}), device: {sep.device}", markup=False)
+        out_console.print(f"model: {model_name} ({', '.join(sources)})", markup=False)
         for j in jobs:
             status = f"error: {j.error.message}" if j.error else "skip (stems exist)" if j.skip else "separate"
             out_console.print(f"{j.input}  [{status}]", markup=False)

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Union
 
-from .errors import CheckpointError
 from .hub import Progress
 from .registry import ModelSpec, load_registry
 
@@ -61,21 +60,7 @@ def _load_spec(spec: ModelSpec, *, offline: bool, progress: Progress):
     from . import checkpoints, hub
 
     folder = hub.fetch(spec, offline=offline, progress=progress)
-    if spec.family == "demucs":
-        bag = checkpoints.load_bag(folder / spec.bag)
-    else:
-        loader = getattr(checkpoints, "load_spec", None)
-        if loader is None:
-            raise CheckpointError(
-                f"model '{spec.name}': the {spec.family} family cannot be loaded by this version of unmix",
-                path=folder,
-            )
-        bag = loader(spec, folder)
-    try:
-        bag.name = spec.name
-    except AttributeError:
-        pass
-    return bag
+    return checkpoints.load_spec(spec, folder)  # dispatches on spec.family; names the bag after the entry
 
 
 def _to_device(bag, device: Any) -> None:

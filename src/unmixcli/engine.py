@@ -115,7 +115,7 @@ _ALLOCATOR_TUNED = False
 # glibc's malloc_trim once the allocator is tuned (None otherwise), and how many CPU
 # forwards run between two calls of it (see _Runner._release_free_heap).
 _MALLOC_TRIM = None
-TRIM_EVERY_FORWARDS = 1
+TRIM_EVERY_FORWARDS = 8
 
 
 def tune_cpu_allocator() -> bool:
@@ -395,15 +395,16 @@ class _Runner:
         return out
 
     def _release_free_heap(self) -> None:
-        """After CPU forwards, give the heap's free pages back to the OS.
+        """Every few CPU forwards, give the heap's free pages back to the OS.
 
         With the tuned allocator (no mmap, 1 GiB trim threshold) freed activations stay
         resident and the heap fragments as segments go by, so peak RSS creeps up with the
-        track's length. malloc_trim(0) releases free pages anywhere in the heap. Measured
-        with the released HTDemucs over 5.5 minutes of audio (peak RSS at ~1 and ~5 min):
-        no trim 1208 -> 1297 MB, every 4 forwards 1108 -> 1193 MB, every 2 1122 -> 1184 MB,
-        every forward 1111 -> 1117 MB (flat), for about 6% of the time against no trim;
-        the allocator tuning's own gain (~1.26x) is mostly kept.
+        track's length. malloc_trim(0) releases free pages anywhere in the heap, but the
+        next forward then faults its whole working set in again (what the tuning saves).
+        Measured with the released HTDemucs, peak RSS at ~1.5 and ~5.5 min of audio:
+        no trim 1208 -> 1297 MB; every 16 forwards 1104 -> 1218 MB; every 8 1180 -> 1180 MB
+        (flat); every forward 1111 -> 1117 MB but fp32 ~18% slower. Every 8 costs about an
+        eighth of that.
         """
         if _MALLOC_TRIM is None:
             return

@@ -15,14 +15,14 @@ block, output discarded) with a cheap stub network, so that 10 and 60 minutes
 finish quickly: they measure the engine's memory, not the network's.
 Timings on a shared machine are noisy; run it when the machine is quiet.
 
-Measured 2026-11-21 on the shared 2-core dev machine (load average ~2 during the
-run, i.e. other users busy), 1 thread, 30 s of audio, one run per side, our
-HTDemucs with the reference's random weights:
-    apply_model 27.9 s (1078 MB); unmix fp32 20.7 s (1096 MB), x1.35, max|diff| 1.0e-7;
-    unmix bf16 14.9 s (1002 MB), x1.87, SNR vs fp32 47.3 dB.
-    Streaming, stub network: 352 / 354 / 363 MB peak RSS at 1 / 10 / 60 min;
-    full network, 1 min streamed: 1152 MB.
-The 120 s comparison was not run there (it takes ~4 minutes).
+Measured 2026-11-21 on the 2-core dev machine, quiet, 1 thread, 30 s of audio, one run per
+side, the published htdemucs configuration (dconv_mode=3, bottom_channels=512) with
+random weights:
+    apply_model 40.2 s (1290 MB); unmix fp32 28.9 s (1169 MB), x1.39, max|diff| 1.3e-7;
+    unmix bf16 20.8 s (1105 MB), x1.93, SNR vs fp32 48.8 dB.
+    Streaming, stub network: flat (same peak RSS at 1 and 60 min). Full network, peak RSS
+    (trimming the heap every 8 forwards, see engine._Runner._release_free_heap): 1180 MB
+    from 1.5 to 5.5 min of audio, unchanged.
 """
 
 from __future__ import annotations

@@ -91,6 +91,27 @@ def fake_hub(hf_env, monkeypatch):
 
 
 @pytest.fixture
+def runnable_hub_model(fake_hub, tmp_path):
+    """A tiny *runnable* HTDemucs (tests/demucs_export.py, official format) published on the
+    fake Hub as `test-owner/TinyHub`, and a registry file naming it `tinyhub`.
+
+    Returns a namespace: `.name`, `.repo`, `.registry` (the file's path), `.files` ({name: bytes}).
+    """
+    from types import SimpleNamespace
+
+    from demucs_export import export_bag, tiny_htdemucs
+    from fakehub import registry_entry, write_registry
+
+    folder = tmp_path / "publish"
+    export_bag([tiny_htdemucs(seed=5)], None, None, folder, "tinyhub")
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    repo = "test-owner/TinyHub"
+    fake_hub.add_repo(repo, files)
+    registry = write_registry(tmp_path / "reg.yaml", {"tinyhub": registry_entry("tinyhub", repo, files)})
+    return SimpleNamespace(name="tinyhub", repo=repo, registry=registry, files=files)
+
+
+@pytest.fixture
 def published_model(fake_hub, tmp_path):
     """A Demucs-layout repo `test-owner/Tiny` (bag yaml + 2 random safetensors) on the
     fake Hub, and a registry file with an entry `tiny` for it.

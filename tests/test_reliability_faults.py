@@ -336,14 +336,8 @@ def test_two_processes_on_the_same_folder_and_output(tmp_path, model_dir):
 # --------------------------------------------------------------------------- damaged model cache
 
 
-def test_damaged_cached_checkpoint_is_refetched_online_and_an_error_offline(tmp_path, fake_hub):
-    from fakehub import registry_entry, write_registry
-
-    publish = tmp_path / "publish"
-    export_bag([tiny_htdemucs(seed=5)], None, None, publish, "tinyhub")
-    files = {p.name: p.read_bytes() for p in publish.iterdir()}
-    fake_hub.add_repo("test-owner/TinyHub", files)
-    registry = write_registry(tmp_path / "reg.yaml", {"tinyhub": registry_entry("tinyhub", "test-owner/TinyHub", files)})
+def test_damaged_cached_checkpoint_is_refetched_online_and_an_error_offline(tmp_path, fake_hub, runnable_hub_model):
+    registry, files = runnable_hub_model.registry, runnable_hub_model.files
     track = song(tmp_path / "s.wav", 0.5)
     args = [track, "-m", "tinyhub", "--registry", registry, "-q", "--stems", "vocals"]
     assert run_cli([*args, "-o", tmp_path / "o1"]).exit_code == 0

@@ -264,14 +264,8 @@ def test_unknown_model_names_close_matches(tmp_path, hf_env):
     assert "Traceback" not in result.output
 
 
-def test_registry_model_from_the_fake_hub_then_offline(tmp_path, fake_hub, monkeypatch):
-    from fakehub import registry_entry, write_registry
-
-    folder = tmp_path / "publish"
-    export_bag([tiny_htdemucs(seed=5)], None, None, folder, "tinyhub")
-    files = {p.name: p.read_bytes() for p in folder.iterdir()}
-    fake_hub.add_repo("test-owner/TinyHub", files)
-    registry = write_registry(tmp_path / "reg.yaml", {"tinyhub": registry_entry("tinyhub", "test-owner/TinyHub", files)})
+def test_registry_model_from_the_fake_hub_then_offline(tmp_path, fake_hub, runnable_hub_model):
+    registry = runnable_hub_model.registry
     song = write_song(tmp_path / "h.wav")
     result = run([song, "-m", "tinyhub", "--registry", registry, "-o", tmp_path / "out", "-q", "--stems", "vocals"])
     assert result.exit_code == 0, result.output
@@ -341,14 +335,8 @@ def test_api_separate_to_files_and_verbose_flag_before_inputs(tmp_path, model_di
     assert (tmp_path / "o2" / "tiny" / "v" / "vocals.wav").is_file()
 
 
-def test_dry_run_of_a_registry_model_downloads_nothing(tmp_path, fake_hub):
-    from fakehub import registry_entry, write_registry
-
-    folder = tmp_path / "publish"
-    export_bag([tiny_htdemucs(seed=5)], None, None, folder, "tinyhub")
-    files = {p.name: p.read_bytes() for p in folder.iterdir()}
-    fake_hub.add_repo("test-owner/TinyHub", files)
-    registry = write_registry(tmp_path / "reg.yaml", {"tinyhub": registry_entry("tinyhub", "test-owner/TinyHub", files)})
+def test_dry_run_of_a_registry_model_downloads_nothing(tmp_path, fake_hub, runnable_hub_model):
+    registry = runnable_hub_model.registry
     song = write_song(tmp_path / "d.wav")
     result = run([song, "-m", "tinyhub", "--registry", registry, "-o", tmp_path / "out", "--dry-run", "--karaoke"])
     assert result.exit_code == 0, result.output

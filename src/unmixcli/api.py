@@ -12,7 +12,6 @@ command line (`separate_to_files`).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 
 from . import audio, engine, pretrained
 from .errors import UsageError
-from .separate import Event, Job, OutputOptions, Runtime, StemRequest, TrackResult, plan, run_batch
+from .separate import Event, Job, OutputOptions, Runtime, StemRequest, TrackResult, plan_request, run_batch
 
 Waveform = Union[torch.Tensor, np.ndarray]
 
@@ -137,8 +136,7 @@ class Separator:
         return run_batch(jobs, self.runtime, request, output, on_event)
 
     def plan(self, inputs: Iterable[str], output: OutputOptions, request: StemRequest) -> List[Job]:
-        _, written = request.resolve(self.sources)
-        return plan(list(inputs), model_name=self.display_name, output_stems=written, output=output)
+        return plan_request(inputs, model_name=self.display_name, sources=self.sources, request=request, output=output)
 
     @property
     def display_name(self) -> str:

@@ -241,7 +241,7 @@ def _dry_run(inputs, model: str, registry, output, request, reporter) -> None:
     """Print the plan without downloading anything: a registry entry names its stems; only a
     local model (no download involved) is opened to learn them."""
     from . import pretrained
-    from .separate import plan
+    from .separate import plan_request
 
     target = pretrained.resolve(model, registry_files=[str(r) for r in registry])
     if isinstance(target, Path):
@@ -249,8 +249,7 @@ def _dry_run(inputs, model: str, registry, output, request, reporter) -> None:
         name, sources = bag.name, bag.sources
     else:
         name, sources = target.name, list(target.stems)
-    _, written = request.resolve(sources)
-    jobs = plan(list(inputs), model_name=name, output_stems=written, output=output)
+    jobs = plan_request(inputs, model_name=name, sources=sources, request=request, output=output)
     reporter.plan(jobs, name, sources)
 
 

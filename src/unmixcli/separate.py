@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -307,6 +307,14 @@ def plan(
         skip = not output.overwrite and all(p.is_file() and p.stat().st_size > 0 for p in outputs.values())
         jobs.append(Job(input=path, track=track, rel_dir=rel, outputs=outputs, skip=skip))
     return jobs
+
+
+def plan_request(
+    inputs: Sequence[str], *, model_name: str, sources: Sequence[str], request: StemRequest, output: OutputOptions
+) -> List[Job]:
+    """`plan` for what a stem request writes with a model producing `sources`."""
+    _, written = request.resolve(sources)
+    return plan(list(inputs), model_name=model_name, output_stems=written, output=output)
 
 
 def _assign_outputs(

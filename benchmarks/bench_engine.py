@@ -43,7 +43,18 @@ STEMS = ["drums", "bass", "other", "vocals"]
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak RSS. Linux carries `ru_maxrss` across fork + exec, so a worker
+    would report at least the parent's size (1 GB once the parent holds 120 s of
+    outputs); `VmHWM` belongs to the worker's own address space."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 def _cpu_seconds() -> float:
@@ -136,7 +147,13 @@ def worker(args) -> None:
         print(json.dumps(result))
         return
 
+    if args.worker == "ceiling":
+        print(json.dumps(_ceiling()))
+        return
+
     model, description = _build("reference" if args.worker == "reference" else "ours")
+    forwards = []
+    model.register_forward_pre_hook(lambda module, inputs: forwards.append(inputs[0].shape[0]))
     mix = _mix(seconds)
     result["rss_before_mb"] = _peak_rss_mb()
     c0, t0 = _cpu_seconds(), time.perf_counter()
@@ -150,9 +167,64 @@ def worker(args) -> None:
                                 torch.device("cpu"))
         out = torch.stack([stems[s] for s in STEMS])
     wall = time.perf_counter() - t0
-    result.update(wall=wall, cpu=_cpu_seconds() - c0, peak_rss_mb=_peak_rss_mb(), model=description)
+    result.update(wall=wall, cpu=_cpu_seconds() - c0, peak_rss_mb=_peak_rss_mb(), model=description,
+                  segments=sum(forwards))
     torch.save(out, args.save)
     print(json.dumps(result))
+
+
+def _ceiling() -> dict:
+    """What one forward of the network costs at best on this CPU: its FLOPs (attention and
+    oneDNN linears included, which torch's counter misses) over the measured fp32 GEMM
+    peak at this thread count. No implementation that computes the same network in fp32
+    can beat that, whatever the engine does around it."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def attention_flops(query, key, value, *args, out_shape=None, **kwargs):
+        *lead, q_len, head_dim = query
+        batch_heads = 1
+        for n in lead:
+            batch_heads *= n
+        return 4 * batch_heads * q_len * key[-2] * head_dim  # Q @ K^T and P @ V
+
+    from unmixcli.engine import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as the engine runs it
+    def linear_flops(x, weight, *args, out_shape=None, **kwargs):
+        rows = 1
+        for n in x[:-1]:
+            rows *= n
+        return 2 * rows * weight[0] * weight[1]
+
+    model, _ = _build("ours")
+    x = _mix(float(model.segment))[None]
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention_flops}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):  # unmixcli.models.cpu_kernels.linear
+        mapping[torch.ops.mkldnn._linear_pointwise] = linear_flops
+    with torch.no_grad():
+        model(x)
+        counter = FlopCounterMode(display=False, custom_mapping=mapping)
+        with counter:
+            model(x)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    # The peak: the faster of torch's own GEMM (MKL) and the oneDNN one ours uses.
+    from unmixcli.models.cpu_kernels import linear
+
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    peak = 0.0
+    with torch.no_grad():
+        for gemm in (torch.mm, linear):
+            gemm(a, b)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                gemm(a, b)
+            peak = max(peak, 3 * 2 * 4096 ** 3 / (time.perf_counter() - t0))
+    return dict(gflop=counter.get_total_flops() / 1e9, peak_gflops=peak / 1e9, forward=min(times))
 
 
 def _run(kind: str, seconds: float, threads: int, precision: str = "fp32", save: str = "") -> dict:
@@ -182,7 +254,7 @@ def main() -> None:
     parser.add_argument("--full-memory-minutes", type=float, nargs="*", default=[],
                         help="also stream these lengths through the full HTDemucs (slow: ~21 forwards "
                              "per 2 minutes of audio)")
-    parser.add_argument("--worker", choices=["reference", "ours", "memory", "memory-full"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["reference", "ours", "memory", "memory-full", "ceiling"], help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--save", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -214,6 +286,12 @@ def main() -> None:
             print(f"  unmix fp32  : wall {ours['wall']:7.2f} s  cpu {ours['cpu']:7.2f} s  "
                   f"peak RSS {ours['peak_rss_mb']:6.0f} MB  speed-up wall x{ref['wall'] / ours['wall']:.2f} "
                   f"cpu x{ref['cpu'] / ours['cpu']:.2f}  max|diff| {diff:.2e} (output peak {a.abs().max().item():.2f})")
+            ceiling = _run("ceiling", seconds, args.threads)
+            floor = ours["segments"] * ceiling["gflop"] / ceiling["peak_gflops"]
+            print(f"  ceiling     : {ceiling['gflop']:.0f} GFLOP per segment x {ours['segments']} segments at "
+                  f"this thread count's fp32 GEMM peak ({ceiling['peak_gflops']:.0f} GFLOP/s) = {floor:.1f} s, "
+                  f"so fp32 can be at most x{ref['wall'] / floor:.2f}; one forward runs at "
+                  f"{100 * ceiling['gflop'] / ceiling['forward'] / ceiling['peak_gflops']:.0f}% of that peak")
             if not args.no_bf16:
                 low = _median(runs["bf16"])
                 c = torch.load(paths["bf16"])

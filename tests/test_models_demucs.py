@@ -250,37 +250,3 @@ def test_hdemucs_released_size_parity(hybrid_old):
                          dict(channels=48, dconv_init=1e-3, multi_freqs=[], multi_freqs_depth=3,
                               hybrid_old=hybrid_old, segment=44), 44100)
     print(f"hdemucs hybrid_old={hybrid_old} max rel diff {rel:.2e}")
-
-
-@pytest.mark.parametrize("kernel,dilation,frames", [(3, 1, 336), (3, 2, 5), (5, 3, 7), (3, 4, 3), (3, 8, 1)])
-@pytest.mark.parametrize("bias", [True, False])
-def test_conv1d_gemm_matches_conv1d(kernel, dilation, frames, bias):
-    # Every tap, including taps that fall wholly outside short rows (dilation >= T).
-    torch.manual_seed(0)
-    x = torch.randn(7, 12, frames)
-    conv = torch.nn.Conv1d(12, 3, kernel, dilation=dilation, padding=dilation * (kernel // 2), bias=bias)
-    proj = torch.nn.Conv1d(12, 10, 1, bias=bias)
-    with torch.no_grad():
-        got = our_demucs.conv1d_same_gemm(x, conv.weight, conv.bias, dilation)
-        assert got.shape == (7, 3, frames)
-        assert torch.allclose(got, conv(x), atol=1e-6)
-        assert torch.allclose(our_demucs.conv1x1_gemm(x, proj.weight, proj.bias), proj(x), atol=1e-6)
-
-
-@pytest.mark.parametrize("rows,channels,frames,depth", [(64, 48, 336, 2), (1, 16, 4000, 2), (5, 16, 3, 3)])
-def test_dconv_cpu_inference_path_matches_the_modules(rows, channels, frames, depth):
-    # no_grad on CPU runs the GEMM path; with autograd on, the plain module chain runs.
-    torch.manual_seed(0)
-    dconv = our_demucs.DConv(channels, compress=8, depth=depth, init=0.5).eval()
-    x = torch.randn(rows, channels, frames)
-    assert dconv._plain
-    plain = dconv(x).detach()
-    with torch.no_grad():
-        assert our_demucs.cpu_fp32_inference(x)
-        fast = dconv(x)
-    assert torch.allclose(fast, plain, atol=1e-5), (fast - plain).abs().max()
-    # A DConv with LSTM / attention keeps its module chain everywhere.
-    assert not our_demucs.DConv(channels, compress=4, depth=2, lstm=True)._plain
-    assert not our_demucs.DConv(channels, compress=4, depth=2, attn=True)._plain
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not our_demucs.cpu_fp32_inference(x)

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .cpu_kernels import conv1d_same_gemm, conv1x1_gemm, cpu_fp32_inference
+
 __all__ = [
     "BLSTM",
     "DConv",
@@ -332,58 +334,6 @@ class DConv(nn.Module):
         for layer in self.layers:
             x = _dconv_branch_gemm(layer, x) if gemm else x + layer(x)
         return x
-
-
-def cpu_fp32_inference(x: torch.Tensor) -> bool:
-    """Whether the GEMM formulations in this package may replace torch's conv kernels:
-    fp32 inference on the CPU (where they were measured faster). Training, autocast
-    and accelerators keep the plain modules."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu"))
-
-
-def conv1d_same_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                     dilation: int) -> torch.Tensor:
-    """A stride-1 Conv1d with 'same' zero padding, as one batched GEMM and shifted sums.
-
-    The DConv branches of the frequency layers run on many short rows (batch B*F = 512,
-    T = 336) and project to few channels (48 -> 6); torch sends them through oneDNN at
-    ~15 GFLOP/s. One GEMM that computes every tap at once, `[K*H, C] @ [C, T]` per row,
-    then adds the taps shifted by their offsets, takes about half the time. Same maths,
-    summed in another order (differences of an ulp or so).
-
-    Shapes: x `[N, C, T]`, weight `[H, C, K]` (K odd) -> `[N, H, T]`.
-    """
-    rows, _, frames = x.shape
-    hidden, channels, taps = weight.shape
-    w_all = weight.permute(2, 0, 1).reshape(taps * hidden, channels)  # [K*H, C], tap-major
-    y = torch.bmm(w_all.expand(rows, -1, -1), x)  # [N, K*H, T]
-    centre = taps // 2
-    out = y[:, centre * hidden:(centre + 1) * hidden]
-    out = out + bias[:, None] if bias is not None else out.clone()
-    for k in range(taps):
-        shift = (k - centre) * dilation  # tap k reads x[t + shift]
-        if k == centre or abs(shift) >= frames:
-            continue
-        tap = y[:, k * hidden:(k + 1) * hidden]
-        if shift > 0:
-            out[..., :frames - shift] += tap[..., shift:]
-        else:
-            out[..., -shift:] += tap[..., :frames + shift]
-    return out
-
-
-def conv1x1_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """A kernel-1 Conv1d as a batched GEMM: torch's conv path for 1x1 kernels on many
-    short rows is ~1.5x slower (see `conv1d_same_gemm`).
-
-    Shapes: x `[N, C, T]`, weight `[O, C, 1]` -> `[N, O, T]`.
-    """
-    rows, _, frames = x.shape
-    w = weight[:, :, 0].expand(rows, -1, -1)  # [N, O, C]
-    if bias is None:
-        return torch.bmm(w, x)
-    return torch.baddbmm(bias[None, :, None].expand(rows, -1, frames), w, x)
 
 
 def _dconv_branch_gemm(layer: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cpu_kernels import Linear
+
 SAMPLERATE = 44100
 DEFAULT_SEGMENT = 352800 / SAMPLERATE  # 8 s: audio.chunk_size of most released configs
 
@@ -162,10 +164,10 @@ class FeedForward(nn.Module):
         inner = int(dim * mult)
         self.net = nn.Sequential(
             RMSNorm(dim),
-            nn.Linear(dim, inner),
+            Linear(dim, inner),
             nn.GELU(),
             nn.Dropout(dropout),
-            nn.Linear(inner, dim),
+            Linear(inner, dim),
             nn.Dropout(dropout),
         )
 
@@ -206,9 +208,9 @@ class Attention(nn.Module):
         self.rotary_embed = rotary_embed
         self.attend = nn.Dropout(dropout)  # placeholder for the reference's (parameter-free) kernel
         self.norm = RMSNorm(dim)
-        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
-        self.to_gates = nn.Linear(dim, heads)
-        self.to_out = nn.Sequential(nn.Linear(inner, dim, bias=False), nn.Dropout(dropout))
+        self.to_qkv = Linear(dim, inner * 3, bias=False)
+        self.to_gates = Linear(dim, heads)
+        self.to_out = nn.Sequential(Linear(inner, dim, bias=False), nn.Dropout(dropout))
 
     # Tokens per block for the per-token work around attention (norm, projections,
     # gating): a block's activations stay in cache from one step to the next.
@@ -333,7 +335,7 @@ class BandSplit(nn.Module):
         super().__init__()
         self.dim_inputs = tuple(dim_inputs)
         self.to_features = nn.ModuleList(
-            nn.Sequential(RMSNorm(d), nn.Linear(d, dim)) for d in self.dim_inputs
+            nn.Sequential(RMSNorm(d), Linear(d, dim)) for d in self.dim_inputs
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -351,7 +353,7 @@ def MLP(dim_in: int, dim_out: int, dim_hidden: Optional[int] = None, depth: int 
     for i in range(len(widths) - 1):
         if i:
             layers.append(activation())
-        layers.append(nn.Linear(widths[i], widths[i + 1]))
+        layers.append(Linear(widths[i], widths[i + 1]))
     return nn.Sequential(*layers)
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
+from .cpu_kernels import Linear, linear, linear_gelu
 
 __all__ = [
     "create_sin_embedding",
@@ -278,6 +279,16 @@ def _activation(activation) -> Callable[[Tensor], Tensor]:
     raise ValueError(f"activation should be relu or gelu, not {activation!r}")
 
 
+def _feed_forward(layer: nn.Module, x: Tensor) -> Tensor:
+    """The feed-forward block of either encoder layer: linear1 -> activation -> dropout ->
+    linear2 -> dropout2. Exact GELU at inference goes through the fused `linear_gelu`."""
+    if layer.activation is F.gelu and not layer.training:
+        hidden = linear_gelu(x, layer.linear1.weight, layer.linear1.bias)
+    else:
+        hidden = layer.dropout(layer.activation(layer.linear1(x)))
+    return layer.dropout2(layer.linear2(hidden))
+
+
 # --------------------------------------------------------------------------------------
 # Attention
 # --------------------------------------------------------------------------------------
@@ -300,7 +311,7 @@ class _PackedAttention(nn.Module):
         self.dropout = dropout
         self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = Linear(embed_dim, embed_dim)
         # Same initialisation as nn.MultiheadAttention (only matters for training).
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
@@ -317,10 +328,10 @@ class _PackedAttention(nn.Module):
         C = self.embed_dim
         if query is key:
             # One GEMM for the three projections.
-            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).split(C, dim=-1)
+            q, k, v = linear(query, self.in_proj_weight, self.in_proj_bias).split(C, dim=-1)
         else:
-            q = F.linear(query, self.in_proj_weight[:C], self.in_proj_bias[:C])
-            k, v = F.linear(key, self.in_proj_weight[C:], self.in_proj_bias[C:]).split(C, dim=-1)
+            q = linear(query, self.in_proj_weight[:C], self.in_proj_bias[:C])
+            k, v = linear(key, self.in_proj_weight[C:], self.in_proj_bias[C:]).split(C, dim=-1)
         drop = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(
             self._heads(q), self._heads(k), self._heads(v), attn_mask=mask, dropout_p=drop
@@ -354,11 +365,11 @@ class MultiheadAttention(nn.Module):
     ):
         super().__init__()
         self.num_heads = num_heads
-        self.q = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.k = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.v = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.q = Linear(embed_dim, embed_dim, bias=bias)
+        self.k = Linear(embed_dim, embed_dim, bias=bias)
+        self.v = Linear(embed_dim, embed_dim, bias=bias)
         self.attn_drop = nn.Dropout(dropout)
-        self.proj = nn.Linear(embed_dim, embed_dim, bias)
+        self.proj = Linear(embed_dim, embed_dim, bias)
         self.proj_drop = nn.Dropout(dropout)
         self.batch_first = batch_first
         self.auto_sparsity = auto_sparsity
@@ -463,9 +474,9 @@ class MyTransformerEncoderLayer(nn.Module, _SparseConfig):
             self.mask_random_seed = mask_random_seed
         else:
             self.self_attn = _PackedAttention(d_model, nhead, dropout=dropout)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear1 = Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.linear2 = Linear(dim_feedforward, d_model)
         self.norm_first = norm_first
         self.norm1 = _make_norm(group_norm, d_model, layer_norm_eps)
         self.norm2 = _make_norm(group_norm, d_model, layer_norm_eps)
@@ -486,7 +497,7 @@ class MyTransformerEncoderLayer(nn.Module, _SparseConfig):
         return self.dropout1(self.self_attn(x, x, mask))
 
     def _ff_block(self, x: Tensor) -> Tensor:
-        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+        return _feed_forward(self, x)
 
     def forward(self, src: Tensor, src_mask=None, src_key_padding_mask=None) -> Tensor:
         """`src [B, L, C]` -> `[B, L, C]`. Masks are not supported (never used by HTDemucs)."""
@@ -549,9 +560,9 @@ class CrossTransformerEncoderLayer(nn.Module, _SparseConfig):
                 self.mask_random_seed = mask_random_seed
         else:
             self.cross_attn = _PackedAttention(d_model, nhead, dropout=dropout)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear1 = Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.linear2 = Linear(dim_feedforward, d_model)
         self.norm_first = norm_first
         # norm1 acts on the queries, norm2 on the keys, norm3 before the feed-forward
         # (in post-norm mode only norm1 and norm2 are used).
@@ -572,7 +583,7 @@ class CrossTransformerEncoderLayer(nn.Module, _SparseConfig):
         return self.dropout1(self.cross_attn(q, k, mask))
 
     def _ff_block(self, x: Tensor) -> Tensor:
-        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+        return _feed_forward(self, x)
 
     def forward(self, q: Tensor, k: Tensor, mask=None) -> Tensor:
         """`q [B, Lq, C]` (this branch), `k [B, Lk, C]` (other branch) -> `[B, Lq, C]`."""

@@ -1,0 +1,84 @@
+"""The CPU fp32 inference kernels (`unmixcli.models.cpu_kernels`): each must compute
+what the torch module it stands in for computes, and step aside where it does not apply
+(autograd, autocast)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unmixcli.models import cpu_kernels
+from unmixcli.models.demucs import DConv
+
+
+@pytest.mark.parametrize("kernel,dilation,frames", [(3, 1, 336), (3, 2, 5), (5, 3, 7), (3, 4, 3), (3, 8, 1)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv1d_gemm_matches_conv1d(kernel, dilation, frames, bias):
+    # Every tap, including taps that fall wholly outside short rows (dilation >= T).
+    torch.manual_seed(0)
+    x = torch.randn(7, 12, frames)
+    conv = torch.nn.Conv1d(12, 3, kernel, dilation=dilation, padding=dilation * (kernel // 2), bias=bias)
+    proj = torch.nn.Conv1d(12, 10, 1, bias=bias)
+    with torch.no_grad():
+        got = cpu_kernels.conv1d_same_gemm(x, conv.weight, conv.bias, dilation)
+        assert got.shape == (7, 3, frames)
+        assert torch.allclose(got, conv(x), atol=1e-6)
+        assert torch.allclose(cpu_kernels.conv1x1_gemm(x, proj.weight, proj.bias), proj(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("rows,channels,frames,depth", [(64, 48, 336, 2), (1, 16, 4000, 2), (5, 16, 3, 3)])
+def test_dconv_cpu_inference_path_matches_the_modules(rows, channels, frames, depth):
+    # no_grad on CPU runs the GEMM path; with autograd on, the plain module chain runs.
+    torch.manual_seed(0)
+    dconv = DConv(channels, compress=8, depth=depth, init=0.5).eval()
+    x = torch.randn(rows, channels, frames)
+    assert dconv._plain
+    plain = dconv(x).detach()
+    with torch.no_grad():
+        assert cpu_kernels.cpu_fp32_inference(x)
+        fast = dconv(x)
+    assert torch.allclose(fast, plain, atol=1e-5), (fast - plain).abs().max()
+    # A DConv with LSTM / attention keeps its module chain everywhere.
+    assert not DConv(channels, compress=4, depth=2, lstm=True)._plain
+    assert not DConv(channels, compress=4, depth=2, attn=True)._plain
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not cpu_kernels.cpu_fp32_inference(x)
+
+
+
+@pytest.mark.parametrize("shape", [(7, 33), (2, 50, 33), (1, 3, 4, 33)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_matches_f_linear(shape, bias):
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    layer = cpu_kernels.Linear(33, 20, bias=bias)
+    ref = torch.nn.Linear(33, 20, bias=bias)
+    assert list(layer.state_dict()) == list(ref.state_dict())  # checkpoints load unchanged
+    ref.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        got, want = layer(x), ref(x)
+        assert got.shape == want.shape == (*shape[:-1], 20)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+        # A transposed (non-contiguous) input is read correctly too.
+        xt = torch.randn(*shape[:-2], 33, shape[-2]).transpose(-1, -2)
+        assert torch.allclose(layer(xt), ref(xt), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_steps_aside_for_autograd_and_autocast():
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, requires_grad=True)
+    layer = cpu_kernels.Linear(16, 8)
+    out = layer(x)
+    assert torch.equal(out, F.linear(x, layer.weight, layer.bias))
+    out.sum().backward()  # gradients flow (torch's kernel, not the inference one)
+    assert x.grad is not None and layer.weight.grad is not None
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16  # autocast's own bf16 linear ran
+
+
+def test_linear_gelu_is_gelu_of_linear():
+    torch.manual_seed(0)
+    x, w, b = torch.randn(3, 40, 32), torch.randn(64, 32) * 0.2, torch.randn(64)
+    with torch.no_grad():
+        got = cpu_kernels.linear_gelu(x, w, b)
+        assert torch.allclose(got, F.gelu(F.linear(x, w, b)), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(got, F.gelu(F.linear(x, w, b), approximate="tanh"), rtol=1e-6, atol=1e-6)

@@ -15,14 +15,19 @@ block, output discarded) with a cheap stub network, so that 10 and 60 minutes
 finish quickly: they measure the engine's memory, not the network's.
 Timings on a shared machine are noisy; run it when the machine is quiet.
 
-Measured 2026-11-21 on the 2-core dev machine, quiet, 1 thread, 30 s of audio, one run per
-side, the published htdemucs configuration (dconv_mode=3, bottom_channels=512) with
-random weights:
-    apply_model 40.2 s (1290 MB); unmix fp32 28.9 s (1169 MB), x1.39, max|diff| 1.3e-7;
-    unmix bf16 20.8 s (1105 MB), x1.93, SNR vs fp32 48.8 dB.
-    Streaming, stub network: flat (same peak RSS at 1 and 60 min). Full network, peak RSS
-    (trimming the heap every 8 forwards, see engine._Runner._release_free_heap): 1180 MB
-    from 1.5 to 5.5 min of audio, unchanged.
+Measured 2026-11-21 on the 2-core dev machine, 1 thread, the published htdemucs
+configuration (dconv_mode=3, bottom_channels=512) with random weights; the reference's
+time moves by +-10% from run to run here (most of its extra time is page faults):
+    30 s, 3 runs each (medians): apply_model 37.5 s; unmix fp32 27.0 s, x1.39,
+    max|diff| 1.5e-7; unmix bf16 20.4 s, x1.84, SNR vs fp32 48.8 dB. Ceiling: 335 GFLOP
+    per segment at the 105 GFLOP/s GEMM peak is 19.2 s for the 6 segments; our forward
+    runs at 72% of that peak (the cross-transformer's attention, a third of the FLOPs,
+    at ~80%, mostly the exp of its softmax).
+    120 s, 1 run each (before the oneDNN linears): apply_model 120.7 s; fp32 108.1 s
+    (x1.12, a noisy run: 96.2 s when timed alone); bf16 71.0 s (x1.70).
+    Streaming, stub network: 342 MB at 1 min, 349 at 5, 358 at 20, 363 at 60 (slow
+    heap creep, not tensors). Full network (trimming the heap every 8 forwards, see
+    engine._Runner._release_free_heap): 1171 MB at 1.5 min, 1216 MB at 4 min.
 """
 
 from __future__ import annotations
@@ -55,6 +60,22 @@ def _peak_rss_mb() -> float:
         pass
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def _forget_setup() -> None:
+    """Drop what building the network left behind (the reference copy it was loaded from)
+    and restart the peak from here, so that the memory runs see what `unmix` itself holds:
+    one network plus the engine."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current RSS
+    except (OSError, AttributeError):
+        pass
 
 
 def _cpu_seconds() -> float:
@@ -126,6 +147,7 @@ def worker(args) -> None:
     result = {"rss_before_mb": None}
     if args.worker in ("memory", "memory-full"):
         model = _Stub() if args.worker == "memory" else _build("ours")[0]
+        _forget_setup()
         bag = ModelBag.single(model, normalize=True)
         total = int(seconds * SR)
         block = SR  # 1 s blocks, as an audio reader gives them

@@ -402,9 +402,12 @@ class _Runner:
         track's length. malloc_trim(0) releases free pages anywhere in the heap, but the
         next forward then faults its whole working set in again (what the tuning saves).
         Measured with the released HTDemucs, peak RSS at ~1.5 and ~5.5 min of audio:
-        no trim 1208 -> 1297 MB; every 16 forwards 1104 -> 1218 MB; every 8 1180 -> 1180 MB
-        (flat); every forward 1111 -> 1117 MB but fp32 ~18% slower. Every 8 costs about an
-        eighth of that.
+        no trim 1208 -> 1297 MB; every 16 forwards 1104 -> 1218 MB; every 8 1180 -> 1180 MB;
+        every forward 1111 -> 1117 MB but fp32 ~18% slower. Every 8 costs about an eighth
+        of that. Re-measured later with the peak taken from VmHWM (bench_engine), every 8
+        gave 1171 MB at 1.5 min and 1216 MB at 4 min: it slows the creep, it does not stop
+        it. Trimming every 4 forwards, or whenever the resident size rose 48 MB, measured
+        no better (1250 and 1274 MB at 1.5 min).
         """
         if _MALLOC_TRIM is None:
             return

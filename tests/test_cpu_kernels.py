@@ -82,3 +82,16 @@ def test_linear_gelu_is_gelu_of_linear():
         got = cpu_kernels.linear_gelu(x, w, b)
         assert torch.allclose(got, F.gelu(F.linear(x, w, b)), rtol=1e-5, atol=1e-5)
         assert not torch.allclose(got, F.gelu(F.linear(x, w, b), approximate="tanh"), rtol=1e-6, atol=1e-6)
+
+
+def test_a_build_whose_onednn_linear_fails_falls_back_to_torch(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("no oneDNN kernel here")
+
+    monkeypatch.setattr(cpu_kernels, "_ONEDNN_LINEAR", True)
+    monkeypatch.setattr(cpu_kernels, "_pointwise", broken)
+    x, w, b = torch.randn(5, 8), torch.randn(4, 8), torch.randn(4)
+    with torch.no_grad():
+        assert torch.equal(cpu_kernels.linear(x, w, b), F.linear(x, w, b))
+        assert not cpu_kernels._ONEDNN_LINEAR  # not tried again
+        assert torch.equal(cpu_kernels.linear_gelu(x, w, b), F.gelu(F.linear(x, w, b)))

@@ -16,6 +16,7 @@ another order (differences of a few ulps), and is used only where
 
 from __future__ import annotations
 
+import platform
 from typing import Optional
 
 import torch
@@ -76,7 +77,8 @@ def conv1x1_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 
 
 def _onednn_linear_available() -> bool:
-    if not torch.backends.mkldnn.is_available():
+    # Measured on x86-64 only; elsewhere torch's own choice stands.
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return False
     try:
         return hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -87,8 +89,23 @@ def _onednn_linear_available() -> bool:
 _ONEDNN_LINEAR = _onednn_linear_available()
 
 
-def _onednn_linear(x: torch.Tensor) -> bool:
-    return _ONEDNN_LINEAR and torch.backends.mkldnn.enabled and cpu_fp32_inference(x)
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], post_op: str,
+               algorithm: str) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], algorithm)
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], post_op: str,
+            algorithm: str) -> Optional[torch.Tensor]:
+    """oneDNN's linear (with an optional fused activation), or None where it does not
+    apply. A build whose op fails is switched back to torch's kernels for good."""
+    global _ONEDNN_LINEAR
+    if not (_ONEDNN_LINEAR and torch.backends.mkldnn.enabled and cpu_fp32_inference(x)):
+        return None
+    try:
+        return _pointwise(x, weight, bias, post_op, algorithm)
+    except RuntimeError:
+        _ONEDNN_LINEAR = False
+        return None
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -96,9 +113,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 
     Shapes: x `[*, I]`, weight `[O, I]` -> `[*, O]`.
     """
-    if _onednn_linear(x):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
+    out = _onednn(x, weight, bias, "none", "")
+    return F.linear(x, weight, bias) if out is None else out
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -108,9 +124,8 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 
     Shapes: x `[*, I]`, weight `[O, I]` -> `[*, O]`.
     """
-    if _onednn_linear(x):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
-    return F.gelu(F.linear(x, weight, bias))
+    out = _onednn(x, weight, bias, "gelu", "none")
+    return F.gelu(F.linear(x, weight, bias)) if out is None else out
 
 
 class Linear(nn.Linear):

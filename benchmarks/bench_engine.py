@@ -43,21 +43,17 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+from procmem import reset_peak, rss_kib, trim_heap
+
 SR = 44100
 STEMS = ["drums", "bass", "other", "vocals"]
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak RSS. Linux carries `ru_maxrss` across fork + exec, so a worker
-    would report at least the parent's size (1 GB once the parent holds 120 s of
-    outputs); `VmHWM` belongs to the worker's own address space."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
+    """This process's peak RSS (VmHWM, see procmem.rss_kib; ru_maxrss where /proc is absent)."""
+    peak = rss_kib("VmHWM")
+    if peak is not None:
+        return peak / 1024
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
@@ -66,16 +62,11 @@ def _forget_setup() -> None:
     """Drop what building the network left behind (the reference copy it was loaded from)
     and restart the peak from here, so that the memory runs see what `unmix` itself holds:
     one network plus the engine."""
-    import ctypes
     import gc
 
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # resets VmHWM to the current RSS
-    except (OSError, AttributeError):
-        pass
+    trim_heap()
+    reset_peak()
 
 
 def _cpu_seconds() -> float:

@@ -26,34 +26,7 @@ import warnings
 
 import torch
 
-
-def _rss_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
-def _trim_heap() -> None:
-    """Hand freed heap memory back to the OS (glibc), so the next baseline RSS is honest."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+from procmem import reset_peak, rss_kib, trim_heap
 
 
 def measure(fn, x):
@@ -63,14 +36,14 @@ def measure(fn, x):
     machine shared with other jobs, wall time mostly measures the queue.
     """
     gc.collect()
-    _trim_heap()
-    _reset_peak()
-    base = _rss_kib("VmRSS")
+    trim_heap()
+    reset_peak()
+    base = rss_kib("VmRSS")
     c0, t0 = time.process_time(), time.perf_counter()
     with torch.inference_mode():
         y = fn(x)
     dt = (time.process_time() - c0, time.perf_counter() - t0)
-    peak = _rss_kib("VmHWM")
+    peak = rss_kib("VmHWM")
     grown = (peak - base) / 1024 if peak is not None and base is not None else None
     return dt, grown, y
 

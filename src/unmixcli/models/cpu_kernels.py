@@ -25,9 +25,9 @@ from torch.nn import functional as F
 
 
 def cpu_fp32_inference(x: torch.Tensor) -> bool:
-    """Whether the GEMM formulations in this package may replace torch's conv kernels:
-    fp32 inference on the CPU (where they were measured faster). Training, autocast
-    and accelerators keep the plain modules."""
+    """Whether the formulations in this module may stand in for torch's kernels: fp32
+    inference on the CPU (where they were measured faster). Training, autocast and
+    accelerators keep the plain modules."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu"))
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unmixcli.models import cpu_kernels
+from unmixcli.models import cpu_kernels, demucs
 from unmixcli.models.demucs import DConv
 
 
@@ -95,3 +95,21 @@ def test_a_build_whose_onednn_linear_fails_falls_back_to_torch(monkeypatch):
         assert torch.equal(cpu_kernels.linear(x, w, b), F.linear(x, w, b))
         assert not cpu_kernels._ONEDNN_LINEAR  # not tried again
         assert torch.equal(cpu_kernels.linear_gelu(x, w, b), F.gelu(F.linear(x, w, b)))
+
+
+@pytest.mark.parametrize("chunk_floats", [1, 5000, 1 << 20])
+def test_dconv_rows_in_chunks_match_the_folded_module_chain(monkeypatch, chunk_floats):
+    # The frequency layers run DConv on [B, C, F, T] with F folded into the batch; the
+    # fast path takes a few rows at a time (one, several with a ragged last chunk, all).
+    monkeypatch.setattr(demucs, "_ROWS_CHUNK_FLOATS", chunk_floats)
+    torch.manual_seed(1)
+    dconv = DConv(16, compress=4, depth=2, init=0.5).eval()
+    y = torch.randn(2, 16, 7, 40)  # [B, C, F, T]
+    folded = y.permute(0, 2, 1, 3).reshape(14, 16, 40)  # [B*F, C, T]
+    expected = dconv(folded).detach().view(2, 7, 16, 40).permute(0, 2, 1, 3)
+    with torch.no_grad():
+        got = dconv.forward_rows(y)
+    assert got.shape == y.shape
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    # Outside CPU fp32 inference the folded module chain runs; it agrees as well.
+    assert torch.allclose(dconv.forward_rows(y).detach(), expected, atol=1e-6)

@@ -465,3 +465,34 @@ def test_cpu_heap_is_trimmed_every_few_forwards(monkeypatch):
     forwards = len(model.calls)
     assert forwards > 2 * engine.TRIM_EVERY_FORWARDS
     assert trims == [0] * (forwards // engine.TRIM_EVERY_FORWARDS)
+
+
+def test_sliding_store_keeps_positions_through_compaction_and_growth():
+    # The engine's input buffer and overlap-add sums slide through storage that is
+    # compacted in place (overlapping or not) and grows; a plain tensor is the oracle.
+    from unmixcli.engine import _Sliding
+
+    g = torch.Generator().manual_seed(3)
+    store, oracle, start, most = _Sliding(3), torch.zeros(3, 0), 0, 0
+    for step in range(200):
+        choice = int(torch.randint(0, 3, (1,), generator=g))
+        if choice == 0:
+            block = torch.randn(3, int(torch.randint(1, 50, (1,), generator=g)), generator=g)
+            store.append(block)
+            oracle = torch.cat([oracle, block], dim=1)
+        elif choice == 1:
+            grow = int(torch.randint(0, 30, (1,), generator=g))
+            store.extend(store.end + grow)
+            oracle = torch.cat([oracle, torch.zeros(3, grow)], dim=1)
+            if oracle.shape[1]:
+                store.view(start, start + 1).add_(1.0)  # writes through views stay
+                oracle[:, 0] += 1.0
+        else:
+            cut = int(torch.randint(0, oracle.shape[1] + 1, (1,), generator=g))
+            store.drop_before(start + cut)
+            oracle, start = oracle[:, cut:], start + cut
+        assert (store.start, store.end) == (start, start + oracle.shape[1])
+        assert torch.equal(store.view(store.start, store.end), oracle), step
+        most = max(most, oracle.shape[1])
+    assert store.start > 2 * most  # positions slid well past the storage's size...
+    assert store.storage.shape[1] <= 2 * most  # ...which follows what is kept, not the total

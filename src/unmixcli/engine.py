@@ -442,19 +442,88 @@ def _empty_cache(device: torch.device) -> None:
 # ----------------------------------------------------------------------------- lanes
 
 
+class _Sliding:
+    """Rows of samples over a sliding range of positions [start, end), kept in storage
+    that is allocated once and reused. `[R, t]`
+
+    The engine's long-lived state (the input still needed, the overlap-add sums) lives
+    through every forward. Rebuilt with cat/clone for each block, those buffers landed
+    in the holes that the forward's activations had just freed and pinned them, which
+    fragments the heap (and so peak RSS) under the tuned allocator. Here positions slide
+    through the storage; it is compacted in place and only grows (by doubling) while the
+    first segments set the size it needs.
+    """
+
+    def __init__(self, rows: int):
+        self.storage = torch.zeros(rows, 0)
+        self.head = 0  # storage column of position `start`
+        self.start = 0
+        self.end = 0
+
+    def view(self, begin: int, end: int) -> Tensor:
+        """Positions [begin, end) (within [start, end)), a view valid until the next change. [R, t]"""
+        lo = self.head + begin - self.start
+        return self.storage[:, lo:lo + end - begin]
+
+    def extend(self, end: int) -> None:
+        """Make positions up to `end` available, the new ones zero."""
+        if end <= self.end:
+            return
+        self._reserve(end - self.start)
+        lo = self.head + self.end - self.start
+        self.storage[:, lo:self.head + end - self.start].zero_()
+        self.end = end
+
+    def append(self, block: Tensor) -> None:
+        """Copy `block` [R, t] in after `end`."""
+        length = block.shape[1]
+        self._reserve(self.end - self.start + length)
+        lo = self.head + self.end - self.start
+        self.storage[:, lo:lo + length] = block
+        self.end += length
+
+    def drop_before(self, position: int) -> None:
+        cut = min(position, self.end) - self.start
+        if cut > 0:
+            self.head += cut
+            self.start += cut
+
+    def _reserve(self, length: int) -> None:
+        """Room for `length` positions from `start`."""
+        rows, capacity = self.storage.shape
+        if self.head + length <= capacity:
+            return
+        live = self.storage[:, self.head:self.head + self.end - self.start]
+        if length > capacity:
+            grown = torch.zeros(rows, max(length, 2 * capacity))
+            grown[:, :live.shape[1]] = live
+            self.storage = grown
+        elif live.shape[1] <= self.head:  # source and destination do not overlap
+            self.storage[:, :live.shape[1]] = live
+        else:
+            self.storage[:, :live.shape[1]] = live.clone()
+        self.head = 0
+
+
 class _InputBuffer:
     """The normalised mix seen so far, minus what no lane needs any more. [C, t] float32."""
 
     def __init__(self, channels: int):
-        self.data = torch.zeros(channels, 0)
-        self.start = 0  # mix position of data[:, 0]
-        self.end = 0  # mix position one past the last sample received
+        self.samples = _Sliding(channels)
         self.total: Optional[int] = None  # known once the stream has ended (or given)
 
+    @property
+    def start(self) -> int:
+        """Mix position of the oldest sample kept."""
+        return self.samples.start
+
+    @property
+    def end(self) -> int:
+        """Mix position one past the last sample received."""
+        return self.samples.end
+
     def append(self, block: Tensor) -> None:
-        # Always a copy: the caller may reuse the memory of its blocks.
-        self.data = torch.cat([self.data, block], dim=1)
-        self.end += block.shape[1]
+        self.samples.append(block)  # a copy: the caller may reuse the memory of its blocks
 
     def read(self, begin: int, length: int, mirror: int = 0) -> Tensor:
         """Mix samples [begin, begin + length) with zeros outside the track. [C, length]
@@ -467,8 +536,8 @@ class _InputBuffer:
             return self._read_mirrored(begin, length, mirror)
         out_begin, out_end = max(begin, 0), min(begin + length, self.end)
         if out_begin >= out_end:
-            return self.data.new_zeros(self.data.shape[0], length)
-        piece = self.data[:, out_begin - self.start:out_end - self.start]
+            return torch.zeros(self.samples.storage.shape[0], length)
+        piece = self.samples.view(out_begin, out_end)
         left, right = out_begin - begin, begin + length - out_end
         if left or right:
             piece = torch.nn.functional.pad(piece, (left, right))
@@ -484,15 +553,12 @@ class _InputBuffer:
             src[tail] = 2 * (self.total - 1) - pos[tail]
         inside = (src >= 0) & (src < self.end)  # positions left unmapped outside the track stay zero
         assert bool((src[inside] >= self.start).all()), "mirrored samples were already dropped"
-        out = self.data.new_zeros(self.data.shape[0], length)
-        out[:, inside] = self.data[:, src[inside] - self.start]
+        out = torch.zeros(self.samples.storage.shape[0], length)
+        out[:, inside] = self.samples.view(self.start, self.end)[:, src[inside] - self.start]
         return out
 
     def drop_before(self, position: int) -> None:
-        cut = min(position, self.end) - self.start
-        if cut > 0:
-            self.data = self.data[:, cut:].clone()
-            self.start += cut
+        self.samples.drop_before(position)
 
 
 class _Lane:
@@ -516,10 +582,9 @@ class _Lane:
         self.next_offset = 0  # lane position of the next segment to run
         self.done = False
         self.windows: dict = {}
-        # Overlap-add state from lane position `acc_start`: sums [S, C, t] and weights [t].
-        self.acc_start = 0
-        self.acc = torch.zeros(len(stem_index), channels, 0)
-        self.weight = torch.zeros(0)
+        # Overlap-add state over lane positions: S*C rows of sums, then a row of weights.
+        self.sums = _Sliding(len(stem_index) * channels + 1)
+        self.channels = channels
 
     @property
     def lead(self) -> int:
@@ -566,28 +631,23 @@ class _Lane:
 
     def add(self, offset: int, n: int, stems: Tensor, first: bool, last: bool) -> None:
         """Overlap-add a segment's output [S, C, n] at lane position `offset`."""
-        end = offset + n
-        have = self.acc_start + self.acc.shape[-1]
-        if end > have:
-            grow = end - have
-            self.acc = torch.cat([self.acc, self.acc.new_zeros(*self.acc.shape[:-1], grow)], dim=-1)
-            self.weight = torch.cat([self.weight, self.weight.new_zeros(grow)])
+        self.sums.extend(offset + n)
         window = self.plan.window_for(n, first, last, self.windows)
-        lo = offset - self.acc_start
-        self.acc[..., lo:lo + n] += window * stems
-        self.weight[lo:lo + n] += window
+        rows = self.sums.view(offset, offset + n)  # [S*C + 1, n]
+        stems_n = stems.shape[0] * self.channels
+        rows[:stems_n].view(stems.shape).addcmul_(stems, window)  # [S, C, n]
+        rows[stems_n] += window
 
     def take(self, begin: int, end: int) -> Tensor:
         """Blended output for lane positions [begin, end), then forget what lies before end.
 
         Returns [S, C, end - begin]; positions never covered (none for a valid plan) are 0/0.
         """
-        lo, hi = begin - self.acc_start, end - self.acc_start
-        assert lo >= 0, "lane output requested twice"
-        out = self.acc[..., lo:hi] / self.weight[lo:hi]
-        self.acc = self.acc[..., hi:].clone()
-        self.weight = self.weight[hi:].clone()
-        self.acc_start = end
+        assert begin >= self.sums.start, "lane output requested twice"
+        self.sums.extend(end)
+        rows = self.sums.view(begin, end)  # [S*C + 1, t]
+        out = (rows[:-1] / rows[-1]).view(len(self.stem_index), self.channels, end - begin)
+        self.sums.drop_before(end)
         return out
 
 
@@ -832,7 +892,8 @@ def separate_stream(bag: ModelBag, blocks: Iterable, total_frames: Optional[int]
 def _denormalised(outputs: List[Dict[str, Tensor]], normalize: bool, mean, std):
     for out in outputs:
         if normalize:
-            out = {stem: wav * std + mean for stem, wav in out.items()}
+            for wav in out.values():  # fresh tensors of _emit's: undone in place
+                wav.mul_(std).add_(mean)
         yield out
 
 

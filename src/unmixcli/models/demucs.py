@@ -335,6 +335,36 @@ class DConv(nn.Module):
             x = _dconv_branch_gemm(layer, x) if gemm else x + layer(x)
         return x
 
+    def forward_rows(self, y: torch.Tensor) -> torch.Tensor:
+        """Run over time on every frequency row of `y`, as if the rows were a batch.
+
+        Shapes: `[B, C, F, T]` -> `[B, C, F, T]`.
+        """
+        batch, channels, bins, frames = y.shape
+        if not (self._plain and cpu_fp32_inference(y)):
+            rows = y.permute(0, 2, 1, 3).reshape(-1, channels, frames)  # [B*F, C, T]
+            out = self(rows)
+            return out.view(batch, bins, channels, frames).permute(0, 2, 1, 3)
+        # Rows are independent (each is normalised on its own), so the fast path takes a
+        # few at a time: every temporary then stays in the CPU cache, and the heap sees
+        # a few small buffers instead of [B*F, 2C, T] ones of up to 66 MB per op, which
+        # fragment it (peak RSS) and make each elementwise pass a trip to DRAM.
+        widest = max(2 * channels, max(layer[0].out_channels * layer[0].kernel_size[0]
+                                       for layer in self.layers))
+        step = max(1, _ROWS_CHUNK_FLOATS // (batch * widest * frames))
+        out = torch.empty_like(y)
+        for lo in range(0, bins, step):
+            hi = min(bins, lo + step)
+            x = y[:, :, lo:hi].permute(0, 2, 1, 3).reshape(-1, channels, frames)  # [B*f, C, T]
+            for layer in self.layers:
+                x = _dconv_branch_gemm(layer, x)
+            out[:, :, lo:hi] = x.view(batch, hi - lo, channels, frames).permute(0, 2, 1, 3)
+        return out
+
+
+# Widest temporary of one chunk of `DConv.forward_rows`, in floats (4 MB).
+_ROWS_CHUNK_FLOATS = 1 << 20
+
 
 def _dconv_branch_gemm(layer: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """`x + layer(x)` for a plain DConv sub-layer [conv, norm, act, conv 1x1, norm, GLU,

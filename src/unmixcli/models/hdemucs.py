@@ -175,13 +175,8 @@ class HEncLayer(nn.Module):
 
 
 def _dconv_any(dconv: nn.Module, y: torch.Tensor, freq: bool) -> torch.Tensor:
-    """Run a (1-D, over time) DConv; frequency rows are folded into the batch."""
-    if not freq:
-        return dconv(y)
-    batch, channels, bins, frames = y.shape
-    y = y.permute(0, 2, 1, 3).reshape(-1, channels, frames)  # [B*F, C, T]
-    y = dconv(y)
-    return y.view(batch, bins, channels, frames).permute(0, 2, 1, 3)  # [B, C, F, T]
+    """Run a (1-D, over time) DConv; frequency rows are treated as a batch."""
+    return dconv.forward_rows(y) if freq else dconv(y)
 
 
 class HDecLayer(nn.Module):

@@ -113,3 +113,23 @@ def test_dconv_rows_in_chunks_match_the_folded_module_chain(monkeypatch, chunk_f
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
     # Outside CPU fp32 inference the folded module chain runs; it agrees as well.
     assert torch.allclose(dconv.forward_rows(y).detach(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_floats", [1, 3000, 1 << 20])
+@pytest.mark.parametrize("taps,stride,bias", [(8, 4, True), (6, 2, False), (4, 4, True)])
+def test_transposed_conv_gemm_matches_torch(monkeypatch, chunk_floats, taps, stride, bias):
+    # Chunks of one row, several rows with a ragged end, and all rows: the rows where
+    # one chunk's later taps meet the next chunk's first ones must add up, not overwrite.
+    monkeypatch.setattr(cpu_kernels, "_GEMM_CHUNK_FLOATS", chunk_floats)
+    torch.manual_seed(2)
+    x = torch.randn(2, 6, 11, 5)  # [B, Ci, F, T]
+    weight = torch.randn(6, 3, taps, 1)
+    b = torch.randn(3) if bias else None
+    with torch.no_grad():
+        got = cpu_kernels.conv_transpose_gemm(x, weight, b, stride)
+        expected = F.conv_transpose2d(x, weight, b, stride=(stride, 1))
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+        # The same along time (a 1-D transposed conv, nothing after the upsampled axis).
+        got = cpu_kernels.conv_transpose_gemm(x[..., 0], weight[..., 0], b, stride)
+        assert torch.allclose(got, F.conv_transpose1d(x[..., 0], weight[..., 0], b, stride=stride), atol=1e-5)

@@ -16,6 +16,7 @@ another order (differences of a few ulps), and is used only where
 
 from __future__ import annotations
 
+import math
 import platform
 from typing import Optional
 
@@ -74,6 +75,54 @@ def conv1x1_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     if bias is None:
         return torch.bmm(w, x)
     return torch.baddbmm(bias[None, :, None].expand(rows, -1, frames), w, x)
+
+
+def conv_transpose_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                        stride: int) -> torch.Tensor:
+    """A transposed conv along one axis (kernel K a multiple of the stride s, no padding),
+    as GEMMs and K/s shifted adds, a few rows of that axis at a time.
+
+    The Hybrid Demucs decoders upsample by 4 with kernel 8, over frequency (kernel [8, 1])
+    or time. torch runs the time case at 20-60 GFLOP/s on this model's shapes, and the
+    frequency one only on channels-last memory, paying two layout copies of the largest
+    activations. Here tap block j of `[Co*K, Ci] @ x[:, :, rows]` lands on output rows
+    `(row + j) * s ...`; rows are taken a few at a time so the GEMM output stays in cache.
+
+    Shapes: x `[B, Ci, L, *R]`, weight `[Ci, Co, K, *1]` -> `[B, Co, (L - 1) * s + K, *R]`.
+    """
+    batch, c_in, length = x.shape[:3]
+    rest = x.shape[3:]
+    inner = math.prod(rest)
+    c_out, taps = weight.shape[1], weight.shape[2]
+    blocks = taps // stride  # r: each input row reaches r output row blocks of s rows
+    w = weight.reshape(c_in, c_out * taps).t()  # [Co*K, Ci]
+    if bias is None:
+        bias = weight.new_zeros(c_out)
+    # The bias goes in once, with tap block 0 (and on the rows no block 0 reaches).
+    first = weight.new_zeros(c_out, blocks, stride)
+    first[:, 0] = bias[:, None]
+    first = first.reshape(c_out * taps, 1)
+    out = x.new_empty(batch, c_out, length + blocks - 1, stride, inner)  # [B, Co, L+r-1, s, R]
+    out[:, :, length:] = bias[:, None, None, None]
+    flat = x.reshape(batch, c_in, length, inner)
+    step = max(blocks, _GEMM_CHUNK_FLOATS // (c_out * taps * inner))
+    for lo in range(0, length, step):
+        hi = min(length, lo + step)
+        rows = flat[:, :, lo:hi].reshape(batch, c_in, -1)  # [B, Ci, n*R]
+        y = torch.baddbmm(first.expand(batch, -1, rows.shape[-1]), w.expand(batch, -1, -1), rows)
+        y = y.view(batch, c_out, blocks, stride, hi - lo, inner).transpose(3, 4)  # [B, Co, r, n, s, R]
+        # Rows [lo, lo + r - 1) already hold the previous chunk's later taps.
+        carried = 0 if lo == 0 else min(blocks - 1, hi - lo)
+        out[:, :, lo:lo + carried] += y[:, :, 0, :carried]
+        out[:, :, lo + carried:hi] = y[:, :, 0, carried:]
+        out[:, :, hi:min(hi + blocks - 1, length)] = 0  # first reached by this chunk's later taps
+        for j in range(1, blocks):
+            out[:, :, lo + j:hi + j] += y[:, :, j]
+    return out.view(batch, c_out, (length + blocks - 1) * stride, *rest)
+
+
+# Widest temporary of one chunk of `conv_transpose_gemm`, in floats (4 MB).
+_GEMM_CHUNK_FLOATS = 1 << 20
 
 
 def _onednn_linear_available() -> bool:

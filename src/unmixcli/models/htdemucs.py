@@ -306,11 +306,15 @@ class HTDemucs(nn.Module):
         z = spectro(x, self.nfft, hl)[..., :-1, :]  # [B, C, F, n_frames + 4]
         return z[..., 2 : 2 + n_frames]
 
-    def _ispec(self, z: Tensor, length: int, scale: int = 0) -> Tensor:
-        """Inverse of `_spec`: complex `[..., F, N]` -> waveform `[..., length]`."""
+    def _ispec(self, z: Tensor, length: int, scale: int = 0, padded: bool = False) -> Tensor:
+        """Inverse of `_spec`: complex `[..., F, N]` -> waveform `[..., length]`.
+
+        `padded`: z already holds the Nyquist bin and the two frames per side that
+        `_spec` dropped (`[..., F + 1, N + 4]`, see `_cac_padded`)."""
         hl = self.hop_length // (4 ** scale)
-        z = F.pad(z, (0, 0, 0, 1))  # restore the Nyquist bin
-        z = F.pad(z, (2, 2))  # and the two frames dropped on each side
+        if not padded:
+            z = F.pad(z, (0, 0, 0, 1))  # restore the Nyquist bin
+            z = F.pad(z, (2, 2))  # and the two frames dropped on each side
         pad = hl // 2 * 3
         padded = hl * int(math.ceil(length / hl)) + 2 * pad
         x = ispectro(z, hl, length=padded)
@@ -326,6 +330,29 @@ class HTDemucs(nn.Module):
             return z.abs()
         B, C, Fr, T = z.shape
         return torch.view_as_real(z).permute(0, 1, 4, 2, 3).reshape(B, C * 2, Fr, T)
+
+    def _cac_padded(self, m: Tensor, std: Tensor, mean: Tensor) -> Tensor:
+        """`_mask` for complex-as-channels, fused with the de-standardisation before it
+        and the padding `_ispec` adds after it: one pass over the largest output instead
+        of four (scale, shift, interleave, pad).
+
+        `m [B, S, 2C, F, N]` real (standardised), std / mean `[B, 1, 1, 1]` ->
+        complex `[B, S, C, F + 1, N + 4]`, zero on the Nyquist bin and the two frames
+        per side.
+        """
+        B, S, C2, Fr, T = m.shape
+        out = m.new_empty(B, S, C2 // 2, Fr + 1, T + 4, 2)  # [B, S, C, F+1, N+4, re/im]
+        out[..., Fr, :, :] = 0
+        out[..., :Fr, :2, :] = 0
+        out[..., :Fr, T + 2:, :] = 0
+        parts = m.view(B, S, C2 // 2, 2, Fr, T).permute(0, 1, 2, 4, 5, 3)  # [B, S, C, F, N, 2]
+        std, mean = std.view(B, 1, 1, 1, 1, 1), mean.view(B, 1, 1, 1, 1, 1)
+        inner = out[..., :Fr, 2:T + 2, :]
+        if torch.is_grad_enabled():  # out= has no autograd
+            inner.copy_(parts * std + mean)
+        else:
+            torch.addcmul(mean, parts, std, out=inner)
+        return torch.view_as_complex(out)
 
     def _mask(self, z: Tensor, m: Tensor) -> Tensor:
         """Stem spectrograms from the network output `m [B, S, C', F, N]`.
@@ -471,17 +498,19 @@ class HTDemucs(nn.Module):
 
         S = len(self.sources)
         x = x.view(B, S, -1, Fq, T)
-        x = x * std[:, None] + mean[:, None]
-
         # Complex tensors are not supported on MPS / XPU: do the iSTFT on the CPU there.
         device = x.device
         off_device = device.type in ("mps", "xpu")
-        if off_device:
-            x = x.cpu()
-        zout = self._mask(z, x)
-        x = self._ispec(zout, run_length)  # [B, S, C, run_length]
-        if off_device:
-            x = x.to(device)
+        if self.cac and not off_device:
+            x = self._ispec(self._cac_padded(x, std, mean), run_length, padded=True)
+        else:
+            x = x * std[:, None] + mean[:, None]
+            if off_device:
+                x = x.cpu()
+            zout = self._mask(z, x)
+            x = self._ispec(zout, run_length)  # [B, S, C, run_length]
+            if off_device:
+                x = x.to(device)
 
         xt = xt.view(B, S, -1, run_length)
         xt = xt * stdt[:, None] + meant[:, None]

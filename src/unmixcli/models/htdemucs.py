@@ -341,7 +341,9 @@ class HTDemucs(nn.Module):
         per side.
         """
         B, S, C2, Fr, T = m.shape
-        out = m.new_empty(B, S, C2 // 2, Fr + 1, T + 4, 2)  # [B, S, C, F+1, N+4, re/im]
+        # As `m * std + mean` would be: float32 when autocast left `m` in bf16 (which has no complex type).
+        dtype = torch.promote_types(m.dtype, std.dtype)
+        out = m.new_empty(B, S, C2 // 2, Fr + 1, T + 4, 2, dtype=dtype)  # [B, S, C, F+1, N+4, re/im]
         out[..., Fr, :, :] = 0
         out[..., :Fr, :2, :] = 0
         out[..., :Fr, T + 2:, :] = 0

@@ -496,3 +496,22 @@ def test_sliding_store_keeps_positions_through_compaction_and_growth():
         most = max(most, oracle.shape[1])
     assert store.start > 2 * most  # positions slid well past the storage's size...
     assert store.storage.shape[1] <= 2 * most  # ...which follows what is kept, not the total
+
+
+def test_stream_state_is_allocated_once_whatever_the_track_length():
+    # The input kept and the overlap-add sums slide through storage sized by the segment,
+    # batch and block, so a track ten times longer holds the same storage.
+    from unmixcli.engine import _StreamCore
+
+    bag = ModelBag.single(Identity(segment=1.0), normalize=False)
+    sizes = []
+    for segments in (20, 200):
+        core = _StreamCore(bag, ["a", "b"], EngineOptions(shifts=2, batch_size=2), CPU, 2, None, None)
+        mix = _noise(2, segments * 100)
+        out = [core.push(mix[:, i:i + 37]) for i in range(0, mix.shape[1], 37)] + [core.finish()]
+        got = torch.cat([piece["a"] for pieces in out for piece in pieces], dim=1)
+        assert torch.allclose(got, mix, atol=1e-6)
+        storages = [core.buffer.samples.storage] + [lane.sums.storage for lane in core.all_lanes]
+        sizes.append([s.shape[1] for s in storages])
+    assert sizes[0] == sizes[1]
+    assert max(sizes[1]) <= 8 * 100

@@ -16,18 +16,22 @@ finish quickly: they measure the engine's memory, not the network's.
 Timings on a shared machine are noisy; run it when the machine is quiet.
 
 Measured 2026-11-21 on the 2-core dev machine, 1 thread, the published htdemucs
-configuration (dconv_mode=3, bottom_channels=512) with random weights; the reference's
-time moves by +-10% from run to run here (most of its extra time is page faults):
-    30 s, 3 runs each (medians): apply_model 37.5 s; unmix fp32 27.0 s, x1.39,
-    max|diff| 1.5e-7; unmix bf16 20.4 s, x1.84, SNR vs fp32 48.8 dB. Ceiling: 335 GFLOP
-    per segment at the 105 GFLOP/s GEMM peak is 19.2 s for the 6 segments; our forward
-    runs at 72% of that peak (the cross-transformer's attention, a third of the FLOPs,
-    at ~80%, mostly the exp of its softmax).
+configuration (dconv_mode=3, bottom_channels=512) with random weights. The reference's
+time moves by +-10% between runs and hours here (34.0 to 37.5 s for 30 s today; most of
+its extra time is page faults), and the ratios move with it:
+    30 s, 3 runs each (medians), latest code: apply_model 36.5 s; unmix fp32 27.8 s,
+    x1.32, max|diff| 1.5e-7; unmix bf16 21.1 s, x1.73, SNR vs fp32 48.8 dB. Earlier the
+    same day: 37.5 / 27.0 s (x1.39) and bf16 20.4 s (x1.84); 34.0 / 26.3 s (x1.29).
+    Ceiling: 335 GFLOP per segment at the ~107 GFLOP/s GEMM peak is 18.7 s for the 6
+    segments (at most x1.95); our forward runs at 70-73% of that peak. The linears and
+    large convolutions run at 95-105% of it; the cross-transformer's attention (SDPA,
+    a quarter of the time) at ~80%, mostly the exp of its softmax.
     120 s, 1 run each (before the oneDNN linears): apply_model 120.7 s; fp32 108.1 s
     (x1.12, a noisy run: 96.2 s when timed alone); bf16 71.0 s (x1.70).
-    Streaming, stub network: 342 MB at 1 min, 349 at 5, 358 at 20, 363 at 60 (slow
-    heap creep, not tensors). Full network (trimming the heap every 8 forwards, see
-    engine._Runner._release_free_heap): 1171 MB at 1.5 min, 1216 MB at 4 min.
+    Streaming, stub network: 327 MB at 1 min, 327 at 10, 320 at 60 (flat; 342 -> 363
+    before the engine's state got storage allocated once). Full network: 1114 MB at
+    1 min; per forward over 4 min (trimming every 8 forwards, see
+    engine._Runner._release_free_heap) 1071 MB, 1055 MB without trimming.
 """
 
 from __future__ import annotations

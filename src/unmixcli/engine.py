@@ -407,7 +407,10 @@ class _Runner:
         of that. Re-measured later with the peak taken from VmHWM (bench_engine), every 8
         gave 1171 MB at 1.5 min and 1216 MB at 4 min: it slows the creep, it does not stop
         it. Trimming every 4 forwards, or whenever the resident size rose 48 MB, measured
-        no better (1250 and 1274 MB at 1.5 min).
+        no better (1250 and 1274 MB at 1.5 min). The creep itself went once the engine's
+        state stopped being reallocated between forwards (`_Sliding`) and DConv stopped
+        making 33-66 MB temporaries (`DConv.forward_rows`): 4 min then peaked at 1071 MB
+        with this trim and 1055 MB without, so the trim is now only a guard.
         """
         if _MALLOC_TRIM is None:
             return

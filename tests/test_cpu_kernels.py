@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unmixcli.models import cpu_kernels, demucs
+from unmixcli.models import cpu_kernels
 from unmixcli.models.demucs import DConv
 
 
@@ -101,7 +101,7 @@ def test_a_build_whose_onednn_linear_fails_falls_back_to_torch(monkeypatch):
 def test_dconv_rows_in_chunks_match_the_folded_module_chain(monkeypatch, chunk_floats):
     # The frequency layers run DConv on [B, C, F, T] with F folded into the batch; the
     # fast path takes a few rows at a time (one, several with a ragged last chunk, all).
-    monkeypatch.setattr(demucs, "_ROWS_CHUNK_FLOATS", chunk_floats)
+    monkeypatch.setattr(cpu_kernels, "CHUNK_FLOATS", chunk_floats)
     torch.manual_seed(1)
     dconv = DConv(16, compress=4, depth=2, init=0.5).eval()
     y = torch.randn(2, 16, 7, 40)  # [B, C, F, T]
@@ -120,7 +120,7 @@ def test_dconv_rows_in_chunks_match_the_folded_module_chain(monkeypatch, chunk_f
 def test_transposed_conv_gemm_matches_torch(monkeypatch, chunk_floats, taps, stride, bias):
     # Chunks of one row, several rows with a ragged end, and all rows: the rows where
     # one chunk's later taps meet the next chunk's first ones must add up, not overwrite.
-    monkeypatch.setattr(cpu_kernels, "_GEMM_CHUNK_FLOATS", chunk_floats)
+    monkeypatch.setattr(cpu_kernels, "CHUNK_FLOATS", chunk_floats)
     torch.manual_seed(2)
     x = torch.randn(2, 6, 11, 5)  # [B, Ci, F, T]
     weight = torch.randn(6, 3, taps, 1)

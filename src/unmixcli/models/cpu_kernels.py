@@ -33,6 +33,17 @@ def cpu_fp32_inference(x: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
+# Widest temporary of one chunk when a layer runs a few rows at a time, in floats (4 MB):
+# small enough to stay in the CPU cache and to keep large buffers off the heap.
+CHUNK_FLOATS = 1 << 20
+
+
+def rows_per_chunk(floats_per_row: int, at_least: int = 1) -> int:
+    """How many rows to take at a time so that a temporary of `floats_per_row` floats
+    per row stays within `CHUNK_FLOATS` (`DConv.forward_rows`, `conv_transpose_gemm`)."""
+    return max(at_least, CHUNK_FLOATS // floats_per_row)
+
+
 def conv1d_same_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                      dilation: int) -> torch.Tensor:
     """A stride-1 Conv1d with 'same' zero padding, as one batched GEMM and shifted sums.
@@ -105,7 +116,7 @@ def conv_transpose_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
     out = x.new_empty(batch, c_out, length + blocks - 1, stride, inner)  # [B, Co, L+r-1, s, R]
     out[:, :, length:] = bias[:, None, None, None]
     flat = x.reshape(batch, c_in, length, inner)
-    step = max(blocks, _GEMM_CHUNK_FLOATS // (c_out * taps * inner))
+    step = rows_per_chunk(batch * c_out * taps * inner, at_least=blocks)  # y: [B, Co*K, n*R]
     for lo in range(0, length, step):
         hi = min(length, lo + step)
         rows = flat[:, :, lo:hi].reshape(batch, c_in, -1)  # [B, Ci, n*R]
@@ -119,10 +130,6 @@ def conv_transpose_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
         for j in range(1, blocks):
             out[:, :, lo + j:hi + j] += y[:, :, j]
     return out.view(batch, c_out, (length + blocks - 1) * stride, *rest)
-
-
-# Widest temporary of one chunk of `conv_transpose_gemm`, in floats (4 MB).
-_GEMM_CHUNK_FLOATS = 1 << 20
 
 
 def _onednn_linear_available() -> bool:

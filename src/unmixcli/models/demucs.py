@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .cpu_kernels import conv1d_same_gemm, conv1x1_gemm, cpu_fp32_inference
+from .cpu_kernels import conv1d_same_gemm, conv1x1_gemm, cpu_fp32_inference, rows_per_chunk
 
 __all__ = [
     "BLSTM",
@@ -351,7 +351,7 @@ class DConv(nn.Module):
         # fragment it (peak RSS) and make each elementwise pass a trip to DRAM.
         widest = max(2 * channels, max(layer[0].out_channels * layer[0].kernel_size[0]
                                        for layer in self.layers))
-        step = max(1, _ROWS_CHUNK_FLOATS // (batch * widest * frames))
+        step = rows_per_chunk(batch * widest * frames)
         out = torch.empty_like(y)
         for lo in range(0, bins, step):
             hi = min(bins, lo + step)
@@ -360,10 +360,6 @@ class DConv(nn.Module):
                 x = _dconv_branch_gemm(layer, x)
             out[:, :, lo:hi] = x.view(batch, hi - lo, channels, frames).permute(0, 2, 1, 3)
         return out
-
-
-# Widest temporary of one chunk of `DConv.forward_rows`, in floats (4 MB).
-_ROWS_CHUNK_FLOATS = 1 << 20
 
 
 def _dconv_branch_gemm(layer: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

@@ -316,8 +316,8 @@ class HTDemucs(nn.Module):
             z = F.pad(z, (0, 0, 0, 1))  # restore the Nyquist bin
             z = F.pad(z, (2, 2))  # and the two frames dropped on each side
         pad = hl // 2 * 3
-        padded = hl * int(math.ceil(length / hl)) + 2 * pad
-        x = ispectro(z, hl, length=padded)
+        padded_length = hl * int(math.ceil(length / hl)) + 2 * pad
+        x = ispectro(z, hl, length=padded_length)
         return x[..., pad : pad + length]
 
     def _magnitude(self, z: Tensor) -> Tensor:
@@ -332,9 +332,9 @@ class HTDemucs(nn.Module):
         return torch.view_as_real(z).permute(0, 1, 4, 2, 3).reshape(B, C * 2, Fr, T)
 
     def _cac_padded(self, m: Tensor, std: Tensor, mean: Tensor) -> Tensor:
-        """`_mask` for complex-as-channels, fused with the de-standardisation before it
-        and the padding `_ispec` adds after it: one pass over the largest output instead
-        of four (scale, shift, interleave, pad).
+        """The stems' spectrograms under complex-as-channels, fused with the
+        de-standardisation before and the padding `_ispec` needs after: one pass over the
+        largest output instead of four (scale, shift, interleave, pad).
 
         `m [B, S, 2C, F, N]` real (standardised), std / mean `[B, 1, 1, 1]` ->
         complex `[B, S, C, F + 1, N + 4]`, zero on the Nyquist bin and the two frames
@@ -357,16 +357,10 @@ class HTDemucs(nn.Module):
         return torch.view_as_complex(out)
 
     def _mask(self, z: Tensor, m: Tensor) -> Tensor:
-        """Stem spectrograms from the network output `m [B, S, C', F, N]`.
-
-        With complex-as-channels `m` already holds them (`C' = 2C`); `z`, the mix
-        spectrogram `[B, C, F, N]`, is then unused. Otherwise `m` are magnitudes:
+        """Stem spectrograms from magnitudes `m [B, S, C, F, N]` (without complex-as-channels;
+        that output goes through `_cac_padded`) and the mix spectrogram `z [B, C, F, N]`:
         the mix phase is reused (`wiener_iters < 0`) or Wiener filtering runs.
         """
-        if self.cac:
-            B, S, C, Fr, T = m.shape
-            out = m.view(B, S, -1, 2, Fr, T).permute(0, 1, 2, 4, 5, 3)  # [B, S, C, F, N, 2]
-            return torch.view_as_complex(out.contiguous())
         niters = self.end_iters if self.training else self.wiener_iters
         if niters < 0:
             z = z[:, None]
@@ -503,16 +497,14 @@ class HTDemucs(nn.Module):
         # Complex tensors are not supported on MPS / XPU: do the iSTFT on the CPU there.
         device = x.device
         off_device = device.type in ("mps", "xpu")
-        if self.cac and not off_device:
+        if off_device:
+            x, std, mean = x.cpu(), std.cpu(), mean.cpu()
+        if self.cac:
             x = self._ispec(self._cac_padded(x, std, mean), run_length, padded=True)
         else:
-            x = x * std[:, None] + mean[:, None]
-            if off_device:
-                x = x.cpu()
-            zout = self._mask(z, x)
-            x = self._ispec(zout, run_length)  # [B, S, C, run_length]
-            if off_device:
-                x = x.to(device)
+            x = self._ispec(self._mask(z, x * std[:, None] + mean[:, None]), run_length)
+        if off_device:
+            x = x.to(device)  # [B, S, C, run_length]
 
         xt = xt.view(B, S, -1, run_length)
         xt = xt * stdt[:, None] + meant[:, None]

@@ -17,17 +17,22 @@ Timings on a shared machine are noisy; run it when the machine is quiet.
 
 Measured 2026-11-21 on the 2-core dev machine, 1 thread, the published htdemucs
 configuration (dconv_mode=3, bottom_channels=512) with random weights. The reference's
-time moves by +-10% between runs and hours here (34.0 to 37.5 s for 30 s today; most of
+time moves by +-10% between runs and hours here (33.7 to 37.5 s for 30 s that day; most of
 its extra time is page faults), and the ratios move with it:
-    30 s, 3 runs each (medians), latest code: apply_model 36.5 s; unmix fp32 27.8 s,
-    x1.32, max|diff| 1.5e-7; unmix bf16 21.1 s, x1.73, SNR vs fp32 48.8 dB. Earlier the
-    same day: 37.5 / 27.0 s (x1.39) and bf16 20.4 s (x1.84); 34.0 / 26.3 s (x1.29).
-    Ceiling: 335 GFLOP per segment at the ~107 GFLOP/s GEMM peak is 18.7 s for the 6
-    segments (at most x1.95); our forward runs at 70-73% of that peak. The linears and
-    large convolutions run at 95-105% of it; the cross-transformer's attention (SDPA,
-    a quarter of the time) at ~80%, mostly the exp of its softmax.
-    120 s, 1 run each (before the oneDNN linears): apply_model 120.7 s; fp32 108.1 s
-    (x1.12, a noisy run: 96.2 s when timed alone); bf16 71.0 s (x1.70).
+    30 s, quiet machine, pinned to one core (taskset -c 1): apply_model 34.9 s; unmix fp32
+    25.5 s, x1.37, max|diff| 1.5e-7; unmix bf16 19.8 s, x1.76, SNR vs fp32 48.8 dB. Other
+    runs that day: fp32 x1.29-1.39, bf16 x1.73-1.84.
+    120 s, same run: apply_model 122.5 s; fp32 89.9 s (x1.36); bf16 68.4 s (x1.79).
+    Ceiling: 335 GFLOP per segment at the ~108 GFLOP/s GEMM peak is 18.5 s for the 6
+    segments (at most x1.83-1.95 as the reference moves); our forward runs at 75% of that
+    peak. One fp32 forward takes 4.1 s (the first 1 s more: ~130k page faults and oneDNN's
+    kernel generation): the cross-transformer 2.3 s (linears 1.2 s at peak, attention
+    1.1 s at ~80%, mostly the exp of its softmax), the frequency decoders' 3x3 rewrite
+    convs 0.5 s at peak, the rest 1.3 s. A bf16 forward takes 3.2 s, 1.1 s of it attention:
+    torch's CPU attention runs no faster in bf16 than in fp32 here. Written out in query
+    chunks with bf16 GEMMs (160-210 GFLOP/s on its shapes), one self-attention call took
+    163-282 ms against its 187-198 ms and lost 3-7 dB of SNR: the GEMMs return bf16 scores.
+    torch.compile (inductor, freezing) took 700 s to compile and then ran 4.8 s forwards.
     Streaming, stub network: 327 MB at 1 min, 327 at 10, 320 at 60 (flat; 342 -> 363
     before the engine's state got storage allocated once). Full network: 1114 MB at
     1 min; per forward over 4 min (trimming every 8 forwards, see

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from .cpu_kernels import conv_transpose_gemm, cpu_fp32_inference
 from .demucs import DConv, rescale_module
-from .spec import ispectro, spectro
+from .spec import cac_padded, ispectro, spectro
 
 __all__ = [
     "HDecLayer",
@@ -649,13 +649,19 @@ class HDemucs(nn.Module):
             z = z[..., 2:2 + frames]
         return z
 
-    def _ispec(self, z: torch.Tensor, length: Optional[int] = None, scale: int = 0) -> torch.Tensor:
-        """Inverse of `_spec`: complex `[B, S, C, F, N]` -> `[B, S, C, length]`."""
+    def _ispec(self, z: torch.Tensor, length: Optional[int] = None, scale: int = 0,
+               padded: bool = False) -> torch.Tensor:
+        """Inverse of `_spec`: complex `[B, S, C, F, N]` -> `[B, S, C, length]`.
+
+        `padded`: z already holds the Nyquist bin and, for the hybrid model, the two
+        frames per side that `_spec` dropped (see `spec.cac_padded`)."""
         hop = self.hop_length // (4 ** scale)
-        z = F.pad(z, (0, 0, 0, 1))  # restore the Nyquist bin (as zeros)
+        if not padded:
+            z = F.pad(z, (0, 0, 0, 1))  # restore the Nyquist bin (as zeros)
         if not self.hybrid:
             return ispectro(z, hop, length)
-        z = F.pad(z, (2, 2))  # restore the two dropped frames on each side
+        if not padded:
+            z = F.pad(z, (2, 2))  # restore the two dropped frames on each side
         pad = hop // 2 * 3
         covered = hop * int(math.ceil(length / hop))
         if self.hybrid_old:
@@ -673,12 +679,9 @@ class HDemucs(nn.Module):
         return m.reshape(batch, channels * 2, bins, frames)
 
     def _mask(self, z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """Source spectrograms from the network output `m` `[B, S, C', F, N]` and the
-        mixture spectrogram `z` `[B, C, F, N]`; returns complex `[B, S, C, F, N]`."""
-        if self.cac:
-            batch, n_src, _, bins, frames = m.shape
-            out = m.view(batch, n_src, -1, 2, bins, frames).permute(0, 1, 2, 4, 5, 3)
-            return torch.view_as_complex(out.contiguous())
+        """Source spectrograms from magnitudes `m` `[B, S, C, F, N]` (without
+        complex-as-channels; that output goes through `spec.cac_padded`) and the mixture
+        spectrogram `z` `[B, C, F, N]`; returns complex `[B, S, C, F, N]`."""
         niters = self.end_iters if self.training else self.wiener_iters
         if niters < 0:
             # Magnitude estimate with the mixture phase.
@@ -771,17 +774,19 @@ class HDemucs(nn.Module):
 
         n_src = len(self.sources)
         x = x.view(batch, n_src, -1, bins, frames)  # [B, S, C', F, N]
-        x = x * std[:, None] + mean[:, None]
 
         # Complex ops are not available on every backend: do them on the CPU there.
         device = x.device
         off_device = device.type in ("mps", "xpu")
         if off_device:
-            x = x.cpu()
-        zout = self._mask(z, x)
-        x = self._ispec(zout, length)
+            x, std, mean = x.cpu(), std.cpu(), mean.cpu()
+        if self.cac:
+            zout = cac_padded(x, std, mean, edge_frames=2 if self.hybrid else 0)
+            x = self._ispec(zout, length, padded=True)
+        else:
+            x = self._ispec(self._mask(z, x * std[:, None] + mean[:, None]), length)
         if off_device:
-            x = x.to(device)
+            x = x.to(device)  # [B, S, C, length]
 
         if self.hybrid:
             xt = xt.view(batch, n_src, -1, length)

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from .demucs import rescale_module
 from .hdemucs import HDecLayer, HEncLayer, MultiWrap, ScaledEmbedding, pad1d, wiener
-from .spec import ispectro, spectro
+from .spec import cac_padded, ispectro, spectro
 from .transformer import CrossTransformerEncoder
 
 __all__ = ["HTDemucs"]
@@ -310,7 +310,7 @@ class HTDemucs(nn.Module):
         """Inverse of `_spec`: complex `[..., F, N]` -> waveform `[..., length]`.
 
         `padded`: z already holds the Nyquist bin and the two frames per side that
-        `_spec` dropped (`[..., F + 1, N + 4]`, see `_cac_padded`)."""
+        `_spec` dropped (`[..., F + 1, N + 4]`, see `spec.cac_padded`)."""
         hl = self.hop_length // (4 ** scale)
         if not padded:
             z = F.pad(z, (0, 0, 0, 1))  # restore the Nyquist bin
@@ -331,34 +331,9 @@ class HTDemucs(nn.Module):
         B, C, Fr, T = z.shape
         return torch.view_as_real(z).permute(0, 1, 4, 2, 3).reshape(B, C * 2, Fr, T)
 
-    def _cac_padded(self, m: Tensor, std: Tensor, mean: Tensor) -> Tensor:
-        """The stems' spectrograms under complex-as-channels, fused with the
-        de-standardisation before and the padding `_ispec` needs after: one pass over the
-        largest output instead of four (scale, shift, interleave, pad).
-
-        `m [B, S, 2C, F, N]` real (standardised), std / mean `[B, 1, 1, 1]` ->
-        complex `[B, S, C, F + 1, N + 4]`, zero on the Nyquist bin and the two frames
-        per side.
-        """
-        B, S, C2, Fr, T = m.shape
-        # As `m * std + mean` would be: float32 when autocast left `m` in bf16 (which has no complex type).
-        dtype = torch.promote_types(m.dtype, std.dtype)
-        out = m.new_empty(B, S, C2 // 2, Fr + 1, T + 4, 2, dtype=dtype)  # [B, S, C, F+1, N+4, re/im]
-        out[..., Fr, :, :] = 0
-        out[..., :Fr, :2, :] = 0
-        out[..., :Fr, T + 2:, :] = 0
-        parts = m.view(B, S, C2 // 2, 2, Fr, T).permute(0, 1, 2, 4, 5, 3)  # [B, S, C, F, N, 2]
-        std, mean = std.view(B, 1, 1, 1, 1, 1), mean.view(B, 1, 1, 1, 1, 1)
-        inner = out[..., :Fr, 2:T + 2, :]
-        if torch.is_grad_enabled():  # out= has no autograd
-            inner.copy_(parts * std + mean)
-        else:
-            torch.addcmul(mean, parts, std, out=inner)
-        return torch.view_as_complex(out)
-
     def _mask(self, z: Tensor, m: Tensor) -> Tensor:
         """Stem spectrograms from magnitudes `m [B, S, C, F, N]` (without complex-as-channels;
-        that output goes through `_cac_padded`) and the mix spectrogram `z [B, C, F, N]`:
+        that output goes through `spec.cac_padded`) and the mix spectrogram `z [B, C, F, N]`:
         the mix phase is reused (`wiener_iters < 0`) or Wiener filtering runs.
         """
         niters = self.end_iters if self.training else self.wiener_iters
@@ -500,7 +475,7 @@ class HTDemucs(nn.Module):
         if off_device:
             x, std, mean = x.cpu(), std.cpu(), mean.cpu()
         if self.cac:
-            x = self._ispec(self._cac_padded(x, std, mean), run_length, padded=True)
+            x = self._ispec(cac_padded(x, std, mean, edge_frames=2), run_length, padded=True)
         else:
             x = self._ispec(self._mask(z, x * std[:, None] + mean[:, None]), run_length)
         if off_device:

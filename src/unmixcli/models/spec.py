@@ -84,3 +84,30 @@ def ispectro(z: torch.Tensor, hop_length: Optional[int] = None, length: Optional
     )
     _, out_len = x.shape
     return x.view(*lead, out_len)  # [B', T] -> [*, T]
+
+
+def cac_padded(m: torch.Tensor, std: torch.Tensor, mean: torch.Tensor, edge_frames: int) -> torch.Tensor:
+    """The stems' spectrograms of a hybrid Demucs under complex-as-channels, fused with
+    the de-standardisation before and the padding its `_ispec` needs after: one pass over
+    the largest output instead of four (scale, shift, interleave, pad).
+
+    `m [B, S, 2C, F, N]` real (standardised), std / mean `[B, 1, 1, 1]` -> complex
+    `[B, S, C, F + 1, N + 2 * edge_frames]`, zero on the Nyquist bin and on the
+    `edge_frames` frames per side that `_spec` dropped.
+    """
+    B, S, C2, Fr, T = m.shape
+    e = edge_frames
+    # As `m * std + mean` would be: float32 when autocast left `m` in bf16 (which has no complex type).
+    dtype = torch.promote_types(m.dtype, std.dtype)
+    out = m.new_empty(B, S, C2 // 2, Fr + 1, T + 2 * e, 2, dtype=dtype)  # [B, S, C, F+1, N+2e, re/im]
+    out[..., Fr, :, :] = 0
+    out[..., :Fr, :e, :] = 0
+    out[..., :Fr, T + e:, :] = 0
+    parts = m.view(B, S, C2 // 2, 2, Fr, T).permute(0, 1, 2, 4, 5, 3)  # [B, S, C, F, N, 2]
+    std, mean = std.view(B, 1, 1, 1, 1, 1), mean.view(B, 1, 1, 1, 1, 1)
+    inner = out[..., :Fr, e:T + e, :]
+    if torch.is_grad_enabled():  # out= has no autograd
+        inner.copy_(parts * std + mean)
+    else:
+        torch.addcmul(mean, parts, std, out=inner)
+    return torch.view_as_complex(out)

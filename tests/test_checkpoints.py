@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import demucs_export as dx
-from unmixcli import checkpoints as ck
+from unmixcli.families import demucs as ck
+from unmixcli.families import load_local
 from unmixcli.errors import CheckpointError, ModelNotFoundError
 from unmixcli.models.bag import ModelBag
 
@@ -321,32 +322,32 @@ def test_load_local_folder_file_and_yaml(tmp_path):
     bag_dir = tmp_path / "bag"
     yaml_path = dx.export_bag([dx.tiny_hdemucs(seed=1), dx.tiny_hdemucs(seed=2)], None, 3, bag_dir, "duo")
     (bag_dir / "README.md").write_text("model card")
-    assert len(ck.load_local(bag_dir, classes=REF).models) == 2
-    assert ck.load_local(yaml_path, classes=REF).name == "duo"
+    assert len(load_local(bag_dir, classes=REF).models) == 2
+    assert load_local(yaml_path, classes=REF).name == "duo"
 
     one_dir = tmp_path / "one"
     sig = dx.export_model(dx.tiny_demucs(), one_dir)
     for target in (one_dir, one_dir / f"{sig}.safetensors"):
-        bag = ck.load_local(target, classes=REF)
+        bag = load_local(target, classes=REF)
         assert len(bag.models) == 1 and bag.name == sig and torch.equal(bag.weights, torch.ones(1, 4))
 
 
 def test_load_local_errors(tmp_path):
     with pytest.raises(ModelNotFoundError):
-        ck.load_local(tmp_path / "absent")
+        load_local(tmp_path / "absent")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CheckpointError, match="no model"):
-        ck.load_local(empty)
+        load_local(empty)
     two = tmp_path / "two"
     for name in ("a", "b"):
         dx.export_bag([dx.tiny_demucs()], None, None, two, name)
     with pytest.raises(CheckpointError, match="several bag files"):
-        ck.load_local(two)
+        load_local(two)
     odd = tmp_path / "model.onnx"
     odd.write_bytes(b"\0")
     with pytest.raises(CheckpointError, match="unsupported model file type"):
-        ck.load_local(odd)
+        load_local(odd)
 
 
 # ------------------------------------------------------------------- our classes, end to end
@@ -408,7 +409,7 @@ def test_loading_a_quantized_bag_imports_no_oracle(tmp_path):
     dx.write_bag_yaml(tmp_path, "mixed", [sig, "plain"])
     code = textwrap.dedent(f"""
         import sys
-        from unmixcli.checkpoints import load_local
+        from unmixcli.families import load_local
         bag = load_local({str(tmp_path)!r})
         assert len(bag.models) == 2
         leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('diffq', 'demucs'))

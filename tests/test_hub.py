@@ -304,7 +304,7 @@ def test_remove_frees_the_files_and_keeps_other_entries_of_a_shared_repo(fake_hu
 def test_load_model_from_the_hub_and_from_a_local_path(fake_hub, tmp_path):
     torch = pytest.importorskip("torch")
     export = pytest.importorskip("demucs_export")
-    from unmixcli import pretrained
+    from unmixcli import families as pretrained
 
     built = tmp_path / "built"
     built.mkdir()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from demucs_export import export_model
-from unmixcli.checkpoints import load_demucs_safetensors
+from unmixcli.families.demucs import load_demucs_safetensors
 
 TOL = 1e-5  # max |ours - ref| <= TOL * max |ref|
 STEMS4 = ["drums", "bass", "other", "vocals"]

@@ -15,7 +15,7 @@ import torch
 
 from unmixcli.errors import CheckpointError
 from unmixcli.models import roformer as R
-from unmixcli.roformer_ckpt import load_roformer, read_config
+from unmixcli.families.roformer import load_roformer, read_config
 
 ref_bs = pytest.importorskip("bs_roformer.bs_roformer")
 ref_mel = pytest.importorskip("bs_roformer.mel_band_roformer")
@@ -325,7 +325,7 @@ def test_release_size_config_maps_to_constructor(tmp_path):
     """A released Mel-Band RoFormer's config (every model key such configs carry) maps cleanly."""
     import inspect
 
-    from unmixcli.roformer_ckpt import model_kwargs
+    from unmixcli.families.roformer import model_kwargs
 
     cfg = tmp_path / "kj.yaml"
     cfg.write_text(

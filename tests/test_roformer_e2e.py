@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from fakehub import registry_entry, write_registry
-from unmixcli import checkpoints, cli
+from unmixcli import cli, families as checkpoints
 from unmixcli.engine import EngineOptions, separate_stream, separate_tensor
 from unmixcli.errors import CheckpointError
 from unmixcli.models.roformer import BSRoformer, MelBandRoformer
-from unmixcli.roformer_ckpt import load_roformer
+from unmixcli.families.roformer import load_roformer
 
 RATE = 44100
 CHUNK = 8192  # audio.chunk_size of the test configs (0.19 s)
@@ -341,13 +341,13 @@ def test_inline_config_and_registry_stem_spelling(tmp_path, fake_hub):
     fake_hub.add_repo("someone/Kara", files)
     import yaml
 
-    inline = yaml.load(BS_YAML, Loader=__import__("unmixcli.roformer_ckpt", fromlist=["x"])._ConfigLoader)
+    inline = yaml.load(BS_YAML, Loader=__import__("unmixcli.families.roformer", fromlist=["x"])._ConfigLoader)
     inline["model"]["freqs_per_bands"] = list(inline["model"]["freqs_per_bands"])  # registries are plain YAML
     entry = registry_entry("kara", "someone/Kara", files, stems=["vocals", "instrumental"], family="roformer",
                            arch="BSRoformer", checkpoint="kara.ckpt", config=inline)
     del entry["bag"]
     registry = write_registry(tmp_path / "reg.yaml", {"kara": entry})
-    from unmixcli.pretrained import load_model
+    from unmixcli.families import load_model
 
     bag = load_model("kara", registry_files=[registry])
     assert bag.name == "kara" and bag.sources == ["vocals", "instrumental"]  # the registry's spelling
@@ -418,7 +418,7 @@ def test_builtin_kim_inline_config_builds_the_published_architecture():
     """The inline config must describe a model whose keys and shapes are the released ones
     (checked on the meta device: no memory, no weights)."""
     from unmixcli.registry import load_registry
-    from unmixcli.roformer_ckpt import config_from_mapping, model_kwargs
+    from unmixcli.families.roformer import config_from_mapping, model_kwargs
 
     spec = load_registry(include_user=False).get("kim-vocals")
     config = config_from_mapping(spec.config)

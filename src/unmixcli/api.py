@@ -17,7 +17,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import audio, engine, pretrained
+from . import audio, engine, families
 from .errors import UsageError
 from .separate import Event, Job, OutputOptions, Runtime, StemRequest, TrackResult, plan_request, run_batch
 
@@ -62,7 +62,7 @@ class Separator:
         )
         self.device = engine.resolve_device(device)
         self.model_name = model
-        self.bag = pretrained.load_model(
+        self.bag = families.load_model(
             model, device=self.device, offline=offline, registry_files=registry_files, progress=download_progress
         )
 

@@ -240,12 +240,12 @@ def separate_cmd(
 def _dry_run(inputs, model: str, registry, output, request, reporter) -> None:
     """Print the plan without downloading anything: a registry entry names its stems; only a
     local model (no download involved) is opened to learn them."""
-    from . import pretrained
+    from . import families
     from .separate import plan_request
 
-    target = pretrained.resolve(model, registry_files=[str(r) for r in registry])
+    target = families.resolve(model, registry_files=[str(r) for r in registry])
     if isinstance(target, Path):
-        bag = pretrained.load_model(str(target), device="cpu")
+        bag = families.load_model(str(target), device="cpu")
         name, sources = bag.name, bag.sources
     else:
         name, sources = target.name, list(target.stems)

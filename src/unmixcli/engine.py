@@ -25,6 +25,7 @@ The work is split into small pieces:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import random
@@ -39,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import DeviceError, UsageError
-from .models.bag import ModelBag
+from .models.bag import Contract, ModelBag
 
 Progress = Callable[[int, Optional[int]], None]
 
@@ -238,16 +239,21 @@ EDGE_RULES: Dict[str, EdgeRule] = {
 # ----------------------------------------------------------------------------- plans
 
 
+def _nullcontext_factory():
+    return contextlib.nullcontext()
+
+
 @dataclass
 class _Plan:
-    """How one bag member is chunked."""
+    """How one bag member is chunked (from its contract and the options)."""
 
     model: nn.Module
     segment_length: int  # samples per segment
     stride: int
     window: str
     fixed_input: Optional[int]  # when set, every segment goes in with exactly this length
-    segment_attr: Optional[object]  # temporary `model.segment` during the run (see _segment_as)
+    context: Optional[Callable[[int], int]] = None  # Contract.input_length
+    around_forward: Callable[[], object] = _nullcontext_factory  # Contract.forward_context
     edge: int = 0  # mirrored samples added at each end of a long enough track (EdgeRule.reflect_track)
     fill_short: Optional[Callable[[Tensor, int], Tensor]] = None  # see EdgeRule.fill_short
 
@@ -257,8 +263,7 @@ class _Plan:
             return self.segment_length
         if self.fixed_input is not None:
             return self.fixed_input
-        valid_length = getattr(self.model, "valid_length", None)
-        return int(valid_length(n)) if callable(valid_length) else n
+        return int(self.context(n)) if self.context is not None else n
 
     def window_for(self, n: int, first: bool, last: bool, cache: dict) -> Tensor:
         key = (first, last)
@@ -267,66 +272,46 @@ class _Plan:
         return cache[key][:n]
 
 
-def _is_fixed_length(model: nn.Module) -> bool:
-    """Models (HTDemucs) that always run on their training length and pad inside."""
-    return bool(getattr(model, "use_train_segment", False))
-
-
-def _make_plan(bag: ModelBag, model: nn.Module, options: EngineOptions) -> _Plan:
-    overlap = bag.overlap if options.overlap is None else options.overlap
+def _make_plan(model: nn.Module, contract: Contract, options: EngineOptions) -> _Plan:
+    overlap = contract.overlap if options.overlap is None else options.overlap
     if not 0 <= overlap < 1:
         raise UsageError(f"overlap must be in [0, 1), got {overlap}")
-    if bag.window not in WINDOWS:
-        raise UsageError(f"unknown window {bag.window!r}", hint=f"known: {', '.join(WINDOWS)}")
-    own = getattr(model, "segment", None)
-    fixed = _is_fixed_length(model)
+    if contract.window not in WINDOWS:
+        raise UsageError(f"unknown window {contract.window!r}", hint=f"known: {', '.join(WINDOWS)}")
+    own = contract.segment
     fixed_input = None
-    segment_attr = None
     if options.segment is not None:
         segment = options.segment
         if segment <= 0:
             raise UsageError(f"segment must be positive, got {segment}")
-        if fixed and own is not None and segment > float(own):
-            raise UsageError(f"segment {segment} s is longer than the {float(own):.2f} s "
-                             "this model was trained on", hint="use a shorter --segment")
-        if fixed:
-            # An explicit segment: the segment goes in as is and the model pads it inside.
-            fixed_input = int(segment * model.samplerate)
-    elif bag.segment is not None and (not fixed or own is None or bag.segment <= own):
-        # A bag's segment replaces its members' own (never lengthening a fixed-length
-        # model), as if the member had been trained on it.
-        segment = bag.segment
-        if fixed:
-            segment_attr = bag.segment
+        if contract.segment_rule == "max":
+            if own is not None and segment > own:
+                raise UsageError(f"segment {segment} s is longer than the {own:.2f} s "
+                                 "this model was trained on", hint="use a shorter --segment")
+            # An explicit segment goes in as is, and the model pads it inside.
+            fixed_input = int(segment * contract.samplerate)
     else:
         segment = own
     if segment is None:
         raise UsageError("the model has no segment length and none was given",
                          hint="pass a segment length")
-    rule = EDGE_RULES.get(bag.window, EdgeRule())
-    segment_length = rule.samples(segment, model.samplerate)
-    if segment_attr is not None:
-        fixed_input = segment_length  # what valid_length says once the model has the bag's segment
+    rule = EDGE_RULES.get(contract.window, EdgeRule())
+    segment_length = rule.samples(segment, contract.samplerate)
     stride = rule.samples(1 - overlap, segment_length)
     if segment_length <= 0 or stride <= 0:
         raise UsageError(f"segment {segment} s with overlap {overlap} leaves no samples to advance by")
     edge = segment_length - stride if rule.reflect_track else 0
-    return _Plan(model, segment_length, stride, bag.window, fixed_input, segment_attr, edge, rule.fill_short)
+    fill_short = rule.fill_short if contract.segment_rule == "fixed" else None
+    if contract.segment_rule == "fixed" and fill_short is None:
+        fill_short = _fill_zeros
+    return _Plan(model, segment_length, stride, contract.window, fixed_input, contract.input_length,
+                 contract.forward_context, edge, fill_short)
 
 
-@contextmanager
-def _segment_as(plans: Sequence[_Plan]):
-    """Temporarily give fixed-length members the bag's shorter segment, restored after."""
-    saved = []
-    try:
-        for plan in plans:
-            if plan.segment_attr is not None:
-                saved.append((plan.model, plan.model.segment))
-                plan.model.segment = plan.segment_attr
-        yield
-    finally:
-        for model, value in saved:
-            model.segment = value
+def _fill_zeros(chunk: Tensor, length: int) -> Tensor:
+    """Pad a short segment [C, n] with zeros to [C, length] (a fixed-length model under a window
+    whose edge rule has no fill of its own)."""
+    return torch.nn.functional.pad(chunk, (0, length - chunk.shape[-1]))
 
 
 # ----------------------------------------------------------------------------- model calls
@@ -671,8 +656,7 @@ class _StreamCore:
         stem_index = [bag.sources.index(s) for s in stems]
         members = bag.members_for(stems)
         self.members = members
-        self.plans = {i: _make_plan(bag, bag.models[i], options) for i in range(len(bag.models))
-                      if i in members}
+        self.plans = {i: _make_plan(bag.models[i], bag.contracts[i], options) for i in members}
         # Per-stem weights of all members (as the reference sums them, skipped ones add 0).
         weights = bag.weights.tolist()
         self.member_weights = {i: [weights[i][k] for k in stem_index] for i in members}
@@ -744,7 +728,7 @@ class _StreamCore:
             ready = ready[:same]
             inputs = torch.stack([self._segment_input(lane, n, length, start)
                                   for (_, n, length, start) in ready])  # [B, C, P]
-            with _segment_as([plan]):
+            with plan.around_forward():
                 outputs = self.runner.forward(plan.model, inputs)  # [B, S, C, P']
             for (offset, n, _, _), out in zip(ready, outputs):
                 # Filled segments keep the head of the output, context-padded ones its middle.
@@ -921,8 +905,7 @@ def separate_tensor(bag: ModelBag, mix: Tensor, stems: Optional[Sequence[str]], 
     out = {stem: torch.empty(mix.shape[0], length) for stem in stems}
     if length == 0:
         return out
-    block = _BLOCK_SEGMENTS * max(int(bag.samplerate * float(getattr(m, "segment", 1) or 1))
-                                  for m in bag.models)
+    block = _BLOCK_SEGMENTS * max(int(bag.samplerate * float(c.segment or 1)) for c in bag.contracts)
     blocks = (mix[:, i:i + block] for i in range(0, length, block))
     position = 0
     for piece in separate_stream(bag, blocks, length, stems, options, device, progress, stats):

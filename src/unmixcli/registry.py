@@ -29,32 +29,41 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 import yaml
 
+from . import families
 from .errors import ModelNotFoundError, RegistryError
-
-FAMILIES = ("demucs", "roformer")
 REGISTRY_ENV = "UNMIX_REGISTRY"
 SCHEMA_VERSION = 1
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# torch.hub names a file `<name>-<first hex digits of its sha256>.<ext>`; eight or more digits pin it.
+_HASH_PREFIX_RE = re.compile(r"^[0-9a-f]{8,63}$")
+_URL_RE = re.compile(r"^https?://[^\s/]+/\S*$")
 
 _ENTRY_KEYS = {
     "family", "description", "repo", "revision", "files", "bag", "config", "checkpoint", "arch",
     "stems", "sample_rate", "download_size", "quantized", "licence", "licence_note", "sdr", "extra",
 }
-_FILE_KEYS = {"name", "size", "sha256"}
+_FILE_KEYS = {"name", "size", "sha256", "hash_prefix", "url"}
 _SDR_KEYS = {"value", "dataset", "source", "stems", "note"}
 _TOP_KEYS = {"version", "default", "models"}
 
 
 @dataclass(frozen=True)
 class FileSpec:
-    """One file of a model's Hub repo; `size` (bytes) and `sha256` are pins when given."""
+    """One file of a model: from the entry's Hub repo, or from `url` when given.
+
+    `size` (bytes), `sha256` and `hash_prefix` (the leading hex digits of the
+    sha256, as a torch.hub file name carries them) are pins when given. A URL
+    file always has one of the two hashes: a plain URL has no other integrity check.
+    """
 
     name: str
     size: Optional[int] = None
     sha256: Optional[str] = None
+    url: Optional[str] = None
+    hash_prefix: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,7 @@ class ModelSpec:
     name: str
     family: str
     description: str
-    repo: str
+    repo: Optional[str]  # the Hugging Face repo; None when every file has its own URL
     revision: str
     files: Tuple[FileSpec, ...]
     stems: Tuple[str, ...]
@@ -120,7 +129,8 @@ class ModelSpec:
             "description": self.description,
             "repo": self.repo,
             "revision": self.revision,
-            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files],
+            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256, "url": f.url,
+                       "hash_prefix": f.hash_prefix} for f in self.files],
             "bag": self.bag,
             "config": config,
             "checkpoint": self.checkpoint,
@@ -348,16 +358,21 @@ def _parse_entry(name: Any, raw: Any, path: Path) -> ModelSpec:
         raise e.fail(key, "unknown field" + (f" (did you mean '{close[0]}'?)" if close else ""))
 
     family = e.str_("family", default="demucs")
-    if family not in FAMILIES:
-        raise e.fail("family", f"must be one of {', '.join(FAMILIES)}, got {family!r}")
+    if family not in families.FAMILIES:
+        raise e.fail("family", f"must be one of {', '.join(families.names())}, got {family!r}")
+    rule = families.FAMILIES[family].entry
     description = e.str_("description", required=True)
-    repo = e.str_("repo", required=True)
-    if not _REPO_RE.match(repo):
+    repo = e.str_("repo")
+    if repo is not None and not _REPO_RE.match(repo):
         raise e.fail("repo", f"must be a Hugging Face repo id 'owner/name', got {repo!r}")
-    revision = e.str_("revision", default="main")
-
+    raw_files = raw.get("files")
+    all_urls = isinstance(raw_files, list) and bool(raw_files) and all(
+        isinstance(f, dict) and f.get("url") is not None for f in raw_files)
+    if repo is None and not all_urls:
+        raise e.fail("repo", "is required (unless every file has its own 'url')")
     files = _parse_files(e)
     names = [f.name for f in files]
+    revision = e.str_("revision", default="main")
 
     stems_raw = raw.get("stems")
     if not isinstance(stems_raw, list) or not stems_raw or not all(isinstance(s, str) and s for s in stems_raw):
@@ -380,33 +395,10 @@ def _parse_entry(name: Any, raw: Any, path: Path) -> ModelSpec:
     licence_note = e.str_("licence_note")
     arch = e.str_("arch")
 
-    bag = e.str_("bag")
-    config = raw.get("config")
-    checkpoint = e.str_("checkpoint")
-    if family == "demucs":
-        if bag is None:
-            bag = f"{name}.yaml"
-        if bag not in names:
-            raise e.fail("bag", f"'{bag}' is not one of the entry's files")
-        if not any(n.endswith(".safetensors") for n in names):
-            raise e.fail("files", "a Demucs entry needs at least one .safetensors file")
-    else:  # roformer: weights in one checkpoint, hyper-parameters in a config file or inline
-        if config is None:
-            raise e.fail("config", "is required for a RoFormer (a config file name among 'files', or a mapping)")
-        if isinstance(config, str):
-            if config not in names:
-                raise e.fail("config", f"'{config}' is not one of the entry's files")
-        elif not isinstance(config, dict):
-            raise e.fail("config", "must be a file name or a mapping of hyper-parameters")
-        else:
-            config = MappingProxyType(dict(config))
-        if checkpoint is None:
-            weights = [n for n in names if n.endswith((".ckpt", ".safetensors", ".pth", ".th", ".bin"))]
-            if len(weights) != 1:
-                raise e.fail("checkpoint", "is required when the files do not hold exactly one checkpoint")
-            checkpoint = weights[0]
-        elif checkpoint not in names:
-            raise e.fail("checkpoint", f"'{checkpoint}' is not one of the entry's files")
+    archs = families.FAMILIES[family].archs
+    if arch is not None and archs and arch not in archs:
+        raise e.fail("arch", f"must be one of {', '.join(archs)}, got {arch!r}")
+    bag, config, checkpoint = _family_fields(e, rule, names)
 
     sdr = _parse_sdr(e, list(stems_raw))
 
@@ -424,7 +416,7 @@ def _parse_entry(name: Any, raw: Any, path: Path) -> ModelSpec:
         stems=tuple(stems_raw),
         sample_rate=sample_rate,
         licence=licence,
-        bag=bag if family == "demucs" else None,
+        bag=bag,
         config=config,
         checkpoint=checkpoint,
         arch=arch,
@@ -437,17 +429,57 @@ def _parse_entry(name: Any, raw: Any, path: Path) -> ModelSpec:
     )
 
 
+_WEIGHT_SUFFIXES = (".ckpt", ".safetensors", ".pth", ".th", ".bin")
+
+
+def _family_fields(e: _Entry, rule: "families.EntryRule", names: List[str]) -> Tuple[Optional[str], Any, Optional[str]]:
+    """(bag, config, checkpoint) of an entry, checked against its family's `EntryRule`."""
+    bag = e.str_("bag")
+    config = e.raw.get("config")
+    checkpoint = e.str_("checkpoint")
+    for key, wanted in (("bag", rule.bag), ("config", rule.config != "none"), ("checkpoint", rule.checkpoint)):
+        if not wanted and e.raw.get(key) is not None:
+            raise e.fail(key, f"is not used by the {e.raw.get('family', 'demucs')} family")
+    if rule.bag:
+        if bag is None:
+            bag = f"{e.name}.yaml"
+        if bag not in names:
+            raise e.fail("bag", f"'{bag}' is not one of the entry's files")
+    if rule.weight_suffixes and not any(n.endswith(rule.weight_suffixes) for n in names):
+        raise e.fail("files", f"needs at least one {' or '.join(rule.weight_suffixes)} file")
+    if rule.config == "required" and config is None:
+        raise e.fail("config", "is required (a config file name among 'files', or a mapping)")
+    if rule.config == "mapping" and not isinstance(config, dict):
+        raise e.fail("config", "must be a mapping of hyper-parameters")
+    if isinstance(config, str):
+        if config not in names:
+            raise e.fail("config", f"'{config}' is not one of the entry's files")
+    elif isinstance(config, dict):
+        config = MappingProxyType(dict(config))
+    elif config is not None:
+        raise e.fail("config", "must be a file name or a mapping of hyper-parameters")
+    if rule.checkpoint:
+        if checkpoint is None:
+            weights = [n for n in names if n.endswith(_WEIGHT_SUFFIXES)]
+            if len(weights) != 1:
+                raise e.fail("checkpoint", "is required when the files do not hold exactly one checkpoint")
+            checkpoint = weights[0]
+        elif checkpoint not in names:
+            raise e.fail("checkpoint", f"'{checkpoint}' is not one of the entry's files")
+    return bag, config, checkpoint
+
+
 def _parse_files(e: _Entry) -> List[FileSpec]:
     raw = e.raw.get("files")
     if not isinstance(raw, list) or not raw:
-        raise e.fail("files", "must be a non-empty list of file names (or {name, size, sha256} mappings)")
+        raise e.fail("files", "must be a non-empty list of file names (or {name, size, sha256, url} mappings)")
     files = []
     for i, item in enumerate(raw):
         key = f"files[{i}]"
         if isinstance(item, str):
             item = {"name": item}
         if not isinstance(item, dict):
-            raise e.fail(key, "must be a file name or a {name, size, sha256} mapping")
+            raise e.fail(key, "must be a file name or a {name, size, sha256, url} mapping")
         unknown = set(item) - _FILE_KEYS
         if unknown:
             raise e.fail(key, f"unknown key(s) {', '.join(sorted(map(str, unknown)))}")
@@ -460,7 +492,20 @@ def _parse_files(e: _Entry) -> List[FileSpec]:
             if not isinstance(sha, str) or not _SHA256_RE.match(sha.lower()):
                 raise e.fail(f"{key}.sha256", "must be a full sha256 (64 hex digits)")
             sha = sha.lower()
-        files.append(FileSpec(name=fname, size=size, sha256=sha))
+        prefix = item.get("hash_prefix")
+        if prefix is not None:
+            if not isinstance(prefix, str) or not _HASH_PREFIX_RE.match(prefix.lower()):
+                raise e.fail(f"{key}.hash_prefix", "must be 8 to 63 hex digits of the file's sha256")
+            prefix = prefix.lower()
+            if sha is not None and not sha.startswith(prefix):
+                raise e.fail(f"{key}.hash_prefix", "does not match the file's sha256")
+        url = item.get("url")
+        if url is not None:
+            if not isinstance(url, str) or not _URL_RE.match(url):
+                raise e.fail(f"{key}.url", f"must be an http(s) URL, got {url!r}")
+            if sha is None and prefix is None:
+                raise e.fail(key, "a file with a URL needs a 'sha256' (or the torch.hub 'hash_prefix')")
+        files.append(FileSpec(name=fname, size=size, sha256=sha, url=url, hash_prefix=prefix))
     names = [f.name for f in files]
     if len(set(names)) != len(names):
         raise e.fail("files", "lists a file twice")

@@ -1,4 +1,4 @@
-"""Load a community RoFormer checkpoint (BS-RoFormer / Mel-Band RoFormer).
+"""The RoFormer family: community BS-RoFormer / Mel-Band RoFormer checkpoints.
 
 Those models ship as a weights file (`.ckpt` / `.pth`: a pickled state dict,
 sometimes wrapped in `{"state_dict": ...}`) plus the YAML config of
@@ -8,6 +8,11 @@ Music-Source-Separation-Training (MSST) that describes the architecture:
     model:     dim, depth, stereo, num_stems, freqs_per_bands (BS) or num_bands (Mel), ...
     training:  instruments, target_instrument
     inference: num_overlap, normalize (optional)
+
+Contract: MSST's `demix` recipe: segment = audio.chunk_size (every forward gets
+exactly one chunk: "fixed"), overlap 1 - 1/num_overlap, the "fade" window with
+its edge rule (reflected track ends, short chunks filled), normalisation only
+when inference.normalize says so.
 
 Security: weights are read with `torch.load(weights_only=True)` only (or
 safetensors), so a file that needs anything beyond tensors and plain
@@ -26,9 +31,10 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 import torch
 import yaml
 
-from .errors import CheckpointError
-from .models.bag import ModelBag
-from .models.roformer import SAMPLERATE, BSRoformer, MelBandRoformer
+from ..errors import CheckpointError
+from ..models.bag import Contract, ModelBag
+from ..models.roformer import SAMPLERATE, BSRoformer, MelBandRoformer
+from . import summarise
 
 FAMILIES: Dict[str, Type[torch.nn.Module]] = {
     "bs_roformer": BSRoformer,
@@ -252,12 +258,14 @@ def load_roformer(ckpt_path, config_path, *, model_type: Optional[str] = None,
     model.float().eval()
 
     num_overlap = int(inference.get("num_overlap", 4) or 1)
+    contract = Contract(samplerate=samplerate, channels=int(model.audio_channels), sources=tuple(sources),
+                        segment=segment, segment_rule="fixed", window="fade",
+                        normalize=bool(inference.get("normalize", False)),
+                        overlap=1.0 - 1.0 / max(num_overlap, 1))
     return ModelBag.single(
         model,
         name=name or Path(os.fspath(ckpt_path)).stem,
-        window="fade",
-        overlap=1.0 - 1.0 / max(num_overlap, 1),
-        normalize=bool(inference.get("normalize", False)),
+        contracts=[contract],
         extra={
             "family": family,
             "chunk_size": int(chunk_size) if chunk_size else None,
@@ -266,3 +274,77 @@ def load_roformer(ckpt_path, config_path, *, model_type: Optional[str] = None,
             "target_instrument": (config.get("training") or {}).get("target_instrument"),
         },
     )
+
+
+# --------------------------------------------------------------------------------------
+# The family's entry points.
+# --------------------------------------------------------------------------------------
+
+_CONFIG_SUFFIXES = (".yaml", ".yml")
+
+_CONFIG_HINT = (
+    "a RoFormer checkpoint needs the YAML config it was published with (audio/model/training "
+    "sections); put it beside the checkpoint as {stem}.yaml"
+)
+
+# Registry `arch` values -> the loader's model types (None: guessed from the config).
+ARCHS: Dict[str, str] = {
+    "BSRoformer": "bs_roformer",
+    "MelBandRoformer": "mel_band_roformer",
+    "bs_roformer": "bs_roformer",
+    "mel_band_roformer": "mel_band_roformer",
+}
+
+
+def _is_bag_yaml(path: Path) -> bool:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "models" in data
+
+
+def config_for(ckpt: Path) -> Path:
+    """The config of a RoFormer checkpoint: `<stem>.yaml`, else the one non-bag yaml beside it."""
+    for suffix in _CONFIG_SUFFIXES:
+        same_stem = ckpt.with_suffix(suffix)
+        if same_stem.is_file():
+            return same_stem
+    candidates = sorted(p for p in ckpt.parent.iterdir()
+                        if p.suffix.lower() in _CONFIG_SUFFIXES and p.is_file() and not _is_bag_yaml(p))
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise CheckpointError(
+            "no config found for this checkpoint (no YAML file beside it)",
+            path=ckpt,
+            hint=_CONFIG_HINT.format(stem=ckpt.stem),
+        )
+    raise CheckpointError(
+        f"several YAML files beside the checkpoint ({summarise([p.name for p in candidates])}) "
+        f"and none is named {ckpt.stem}.yaml",
+        path=ckpt,
+        hint=f"rename the checkpoint's own config to {ckpt.stem}.yaml, or move the others away",
+    )
+
+
+def load_local(path: Path, stems=None) -> ModelBag:
+    """A `.ckpt` / `.pth` with its MSST config beside it (one network computes every stem)."""
+    del stems
+    return load_roformer(path, config_for(Path(path)))
+
+
+def load_spec(spec: Any, folder: Path, stems=None) -> ModelBag:
+    """Registry entry `spec`: `spec.checkpoint` with `spec.config` (a file among its files, or inline)."""
+    del stems
+    model_type = None
+    if spec.arch is not None:
+        model_type = ARCHS.get(spec.arch)
+        if model_type is None:
+            raise CheckpointError(
+                f"model '{spec.name}': unknown RoFormer arch {spec.arch!r}",
+                path=spec.source,
+                hint="use one of: " + ", ".join(sorted(ARCHS)),
+            )
+    config = spec.config if isinstance(spec.config, Mapping) else folder / spec.config
+    return load_roformer(folder / spec.checkpoint, config, model_type=model_type, name=spec.name)

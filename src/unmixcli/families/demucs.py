@@ -1,4 +1,4 @@
-"""Reading published checkpoints into our own modules.
+"""The Demucs family (v2, v3 hybrid, v4 hybrid transformer; diffq-quantized too).
 
 Demucs weights are published on the Hugging Face Hub as one folder per named
 model: a bag file `<name>.yaml` (member signatures, per-stem weights, segment)
@@ -17,10 +17,9 @@ Plain files store `state_dict()` tensors in float16; we load them into float32
 parameters with a strict key and shape check. Quantized files are unpacked and
 dequantized here with numpy/torch; the `diffq` package is never imported.
 
-Entry points are dispatched on the file suffix through `_FILE_LOADERS` (local
-paths; RoFormer `.ckpt` / `.pth` + config yaml is one row) and on the registry
-family through `_SPEC_LOADERS` (`load_spec`), so a new kind of checkpoint is one
-more row rather than another branch.
+Contract: Demucs' chunking (triangle window, overlap 0.25, the mix
+standardised); HTDemucs runs on at most its trained window ("max"), the others
+on any segment with the context their `valid_length` asks for ("free").
 """
 
 from __future__ import annotations
@@ -39,8 +38,9 @@ import torch
 import yaml
 from torch import nn
 
-from .errors import CheckpointError, ModelNotFoundError
-from .models.bag import ModelBag
+from ..errors import CheckpointError
+from ..models.bag import Contract, ModelBag
+from . import summarise as _summarise
 
 PathLike = Union[str, Path]
 
@@ -54,19 +54,19 @@ DEMUCS_KLASS = "demucs.demucs.Demucs"
 
 
 def _htdemucs_class() -> type:
-    from .models.htdemucs import HTDemucs
+    from ..models.htdemucs import HTDemucs
 
     return HTDemucs
 
 
 def _hdemucs_class() -> type:
-    from .models.hdemucs import HDemucs
+    from ..models.hdemucs import HDemucs
 
     return HDemucs
 
 
 def _demucs_class() -> type:
-    from .models.demucs import Demucs
+    from ..models.demucs import Demucs
 
     return Demucs
 
@@ -238,11 +238,6 @@ def _build_model(raw: _RawCheckpoint, classes: Mapping[str, type]) -> nn.Module:
             path=raw.path,
             hint=_DEMUCS_HINT,
         ) from exc
-
-
-def _summarise(names: Sequence[str], limit: int = 4) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 def _load_plain_state(model: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -693,12 +688,25 @@ def _read_bag_yaml(path: Path) -> _BagSpec:
 
 
 def _member_file(folder: Path, sig: str) -> Path:
-    """The checkpoint file of bag member `sig`: the first existing `<sig><suffix>`."""
-    for suffix in _MEMBER_LOADERS:
-        candidate = folder / f"{sig}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return folder / f"{sig}{next(iter(_MEMBER_LOADERS))}"
+    """The checkpoint file of bag member `sig`."""
+    return folder / f"{sig}.safetensors"
+
+
+def _contract(model: nn.Module, klass: str) -> Contract:
+    """What the engine needs to run one Demucs member, from the built model."""
+    return Contract(
+        samplerate=int(model.samplerate),
+        channels=int(model.audio_channels),
+        sources=tuple(model.sources),
+        segment=float(model.segment),
+        # HTDemucs' transformer has a fixed positional range: it pads to its trained window.
+        segment_rule="max" if klass in _SEGMENT_IS_MAXIMUM else "free",
+        window="triangle",
+        normalize=True,
+        overlap=0.25,
+        # Demucs v2 asks for context (its valid_length); v3 has none, v4 pads to its window.
+        input_length=getattr(model, "valid_length", None),
+    )
 
 
 def load_bag(yaml_path: PathLike, *, classes: Optional[Mapping[str, type]] = None) -> ModelBag:
@@ -723,14 +731,15 @@ def load_bag(yaml_path: PathLike, *, classes: Optional[Mapping[str, type]] = Non
             hint=f"the files listed in {path.name} must be in the same folder; download the model again",
         )
 
-    models = []
+    models, contracts = [], []
     for file in files:
-        model, klass = _MEMBER_LOADERS[file.suffix.lower()](file, classes)
+        model, klass = _load_demucs_member(file, classes)
         if spec.segment is not None:
             current = getattr(model, "segment", None)
             if klass not in _SEGMENT_IS_MAXIMUM or current is None or spec.segment <= current:
                 model.segment = spec.segment
         models.append(model)
+        contracts.append(_contract(model, klass))
 
     n_sources = len(models[0].sources)
     weights = spec.weights if spec.weights is not None else [[1.0] * n_sources for _ in models]
@@ -751,7 +760,7 @@ def load_bag(yaml_path: PathLike, *, classes: Optional[Mapping[str, type]] = Non
         )
     try:
         return ModelBag(models=models, weights=torch.tensor(weights), segment=spec.segment, name=path.stem,
-                        extra=spec.extra)
+                        extra=spec.extra, contracts=contracts)
     except ValueError as exc:  # members disagree on stems, rate or channels
         raise CheckpointError(
             f"bag members do not fit together: {exc}",
@@ -761,205 +770,42 @@ def load_bag(yaml_path: PathLike, *, classes: Optional[Mapping[str, type]] = Non
 
 
 def _single_file_bag(path: Path, classes: Optional[Mapping[str, type]] = None) -> ModelBag:
-    model, _ = _MEMBER_LOADERS[path.suffix.lower()](path, classes)
-    return ModelBag.single(model, name=path.stem)
+    model, klass = _load_demucs_member(path, classes)
+    return ModelBag.single(model, name=path.stem, contracts=[_contract(model, klass)])
 
 
-def _is_bag_yaml(path: Path) -> bool:
+def accepts(path: Path) -> bool:
+    """Whether a YAML file is a bag file (a `models` list), not some other family's config.
+
+    A file that is not YAML at all is reported (what is wrong, and where): found in a
+    model folder it was meant to describe the model, and "no model here" would hide why.
+    """
     try:
         with open(path, "r", encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False
+    except (OSError, UnicodeDecodeError, yaml.constructor.ConstructorError):
+        return False  # tags (MSST's !!python/tuple) are for the other family's loader to judge
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CheckpointError(f"not valid YAML{_yaml_where(exc)}: {problem}", path=path,
+                              hint="fix or remove the file; " + _BAG_HINT) from exc
     return isinstance(data, dict) and "models" in data
 
 
-def _single_file_suffixes() -> Tuple[str, ...]:
-    """Suffixes of files that are a whole model on their own (with a config beside them for RoFormers)."""
-    return tuple(s for s in _FILE_LOADERS if s not in _BAG_SUFFIXES)
+def load_local(path: Path, stems=None, *, classes: Optional[Mapping[str, type]] = None) -> ModelBag:
+    """A bag yaml with its members beside it, or one `.safetensors` export (a bag of one).
 
-
-def _pick_in_folder(folder: Path) -> Path:
-    """The one file in `folder` that describes a model: a bag yaml, else a lone checkpoint."""
-    bags = sorted(p for p in folder.iterdir() if p.suffix in _BAG_SUFFIXES and _is_bag_yaml(p))
-    if len(bags) == 1:
-        return bags[0]
-    if len(bags) > 1:
-        raise CheckpointError(
-            f"the folder holds several bag files ({_summarise([p.name for p in bags])})",
-            path=folder,
-            hint="pass the path of the bag file you want",
-        )
-    suffixes = _single_file_suffixes()
-    singles = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
-    if len(singles) == 1:
-        return singles[0]
-    if not singles:
-        raise CheckpointError(
-            "the folder holds no model: no bag yaml and no checkpoint file",
-            path=folder,
-            hint="expected <name>.yaml with its <sig>.safetensors files, one .safetensors file, "
-            "or a RoFormer .ckpt/.pth with its YAML config",
-        )
-    raise CheckpointError(
-        f"the folder holds several checkpoints ({_summarise([p.name for p in singles])}) and no bag file",
-        path=folder,
-        hint="pass the path of one checkpoint, or add a bag yaml listing them",
-    )
-
-
-def load_local(path: PathLike, *, classes: Optional[Mapping[str, type]] = None) -> ModelBag:
-    """Load a model from a local path: a folder, a bag yaml, or one checkpoint file.
-
-    A folder must hold exactly one bag yaml (loaded with its members) or, if it
-    has none, exactly one checkpoint file. A single checkpoint is a bag of one.
-    A RoFormer `.ckpt` / `.pth` is read with its MSST config: `<stem>.yaml`
-    beside it, else the only other yaml in its folder.
+    Every member computes every stem, so `stems` changes nothing here (the engine
+    skips the members whose weights are zero for the stems asked for).
     """
-    target = Path(path)
-    if not target.exists():
-        raise ModelNotFoundError("no such file or folder", path=target, hint="check the model path")
-    if target.is_dir():
-        target = _pick_in_folder(target)
-    loader = _FILE_LOADERS.get(target.suffix.lower())
-    if loader is None:
-        raise CheckpointError(
-            f"unsupported model file type {target.suffix or '(no suffix)'!r}",
-            path=target,
-            hint="supported: " + ", ".join(sorted(_FILE_LOADERS)),
-        )
-    return loader(target, classes=classes)
+    del stems
+    path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return load_bag(path, classes=classes)
+    return _single_file_bag(path, classes)
 
 
-# --------------------------------------------------------------------------------------
-# RoFormer checkpoints (weights file + Music-Source-Separation-Training YAML config).
-# --------------------------------------------------------------------------------------
-
-_ROFORMER_CONFIG_HINT = (
-    "a RoFormer checkpoint needs the YAML config it was published with (audio/model/training "
-    "sections); put it beside the checkpoint as {stem}.yaml"
-)
-
-# Registry `arch` values -> the loader's model types (None: guessed from the config).
-ROFORMER_ARCHS: Dict[str, str] = {
-    "BSRoformer": "bs_roformer",
-    "MelBandRoformer": "mel_band_roformer",
-    "bs_roformer": "bs_roformer",
-    "mel_band_roformer": "mel_band_roformer",
-}
-
-
-def _roformer_config_for(ckpt: Path) -> Path:
-    """The config of a RoFormer checkpoint: `<stem>.yaml`, else the one non-bag yaml beside it."""
-    for suffix in _BAG_SUFFIXES:
-        same_stem = ckpt.with_suffix(suffix)
-        if same_stem.is_file():
-            return same_stem
-    candidates = sorted(p for p in ckpt.parent.iterdir()
-                        if p.suffix.lower() in _BAG_SUFFIXES and p.is_file() and not _is_bag_yaml(p))
-    if len(candidates) == 1:
-        return candidates[0]
-    if not candidates:
-        raise CheckpointError(
-            "no config found for this checkpoint (no YAML file beside it)",
-            path=ckpt,
-            hint=_ROFORMER_CONFIG_HINT.format(stem=ckpt.stem),
-        )
-    raise CheckpointError(
-        f"several YAML files beside the checkpoint ({_summarise([p.name for p in candidates])}) "
-        f"and none is named {ckpt.stem}.yaml",
-        path=ckpt,
-        hint=f"rename the checkpoint's own config to {ckpt.stem}.yaml, or move the others away",
-    )
-
-
-def _roformer_file_bag(path: Path, classes: Optional[Mapping[str, type]] = None) -> ModelBag:
-    del classes  # RoFormers are built from their config, not from the klass allow-list
-    from .roformer_ckpt import load_roformer
-
-    return load_roformer(path, _roformer_config_for(path))
-
-
-def _registered_stem_names(bag: ModelBag, spec: Any) -> None:
-    """Rename the bag's stems to the registry's spelling (configs say "Vocals" or "vocals").
-
-    The config decides which stems exist and in which order; the registry entry
-    must list the same ones, compared without case.
-    """
-    produced = list(bag.sources)
-    registered = {s.lower(): s for s in spec.stems}
-    if len(produced) != len(spec.stems) or any(s.lower() not in registered for s in produced):
-        raise CheckpointError(
-            f"model '{spec.name}': its config gives the stems {', '.join(produced)}, "
-            f"the registry entry lists {', '.join(spec.stems)}",
-            path=spec.source,
-            hint="make the entry's 'stems' match the model's config",
-        )
-    names = [registered[s.lower()] for s in produced]
-    for member in bag.models:
-        member.sources = list(names)
-
-
-def _roformer_spec_bag(spec: Any, folder: Path) -> ModelBag:
-    from .roformer_ckpt import load_roformer
-
-    model_type = None
-    if spec.arch is not None:
-        model_type = ROFORMER_ARCHS.get(spec.arch)
-        if model_type is None:
-            raise CheckpointError(
-                f"model '{spec.name}': unknown RoFormer arch {spec.arch!r}",
-                path=spec.source,
-                hint="use one of: " + ", ".join(sorted(ROFORMER_ARCHS)),
-            )
-    config = spec.config if isinstance(spec.config, Mapping) else folder / spec.config
-    bag = load_roformer(folder / spec.checkpoint, config, model_type=model_type, name=spec.name)
-    _registered_stem_names(bag, spec)
-    return bag
-
-
-def _demucs_spec_bag(spec: Any, folder: Path) -> ModelBag:
+def load_spec(spec: Any, folder: Path, stems=None) -> ModelBag:
+    """Registry entry `spec`: its bag file (`spec.bag`) and members, downloaded into `folder`."""
+    del stems
     return load_bag(folder / spec.bag)
-
-
-# Registry families -> (spec, folder with the downloaded files) -> ModelBag.
-_SPEC_LOADERS: Dict[str, Callable[[Any, Path], ModelBag]] = {
-    "demucs": _demucs_spec_bag,
-    "roformer": _roformer_spec_bag,
-}
-
-
-def load_spec(spec: Any, folder: PathLike) -> ModelBag:
-    """Load the model of registry entry `spec` from `folder`, which holds its downloaded files.
-
-    Returns:
-        a `ModelBag` named after the entry, its stems spelled as the entry lists them.
-    """
-    loader = _SPEC_LOADERS.get(spec.family)
-    if loader is None:
-        raise CheckpointError(
-            f"model '{spec.name}': the {spec.family} family cannot be loaded by this version of unmix",
-            path=spec.source,
-            hint="supported families: " + ", ".join(sorted(_SPEC_LOADERS)),
-        )
-    bag = loader(spec, Path(folder))
-    bag.name = spec.name
-    return bag
-
-
-# Member checkpoints by suffix: file -> (model, klass string). New kinds of
-# checkpoints are added here (and in _FILE_LOADERS), not as branches elsewhere.
-_MEMBER_LOADERS: Dict[str, Callable[[Path, Optional[Mapping[str, type]]], Tuple[nn.Module, str]]] = {
-    ".safetensors": _load_demucs_member,
-}
-
-_BAG_SUFFIXES = (".yaml", ".yml")
-
-# What `load_local` accepts, by suffix: path -> ModelBag.
-_FILE_LOADERS: Dict[str, Callable[..., ModelBag]] = {
-    ".yaml": load_bag,
-    ".yml": load_bag,
-    ".safetensors": _single_file_bag,
-    ".ckpt": _roformer_file_bag,
-    ".pth": _roformer_file_bag,
-}

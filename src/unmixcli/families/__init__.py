@@ -1,0 +1,313 @@
+"""Model families: one module per family, and ONE table of them (`FAMILIES`).
+
+A family reads its published files as data, builds its `nn.Module`s from
+configuration read as data (never importing a name found in a file) and states
+a `Contract` per member (rate, channels, stems, segment rule, window,
+normalisation, overlap, context) that the engine reads. Adding a family is one
+module with the functions below and one `Family` row:
+
+    load_spec(spec, folder, stems) -> ModelBag   a registry entry whose files are in `folder`
+    load_local(path, stems) -> ModelBag          a local file (by suffix) or folder
+    claims(folder) -> bool                       a folder layout of its own (asked only of rows
+                                                 with `folder_suffixes`, when the folder has them)
+    accepts(path) -> bool                        optional: whether a file with one of the
+                                                 row's `descriptors` suffixes is really its own
+
+`stems` is the subset the caller will ask for (None: all); a family whose stems
+are separate networks builds only those.
+
+This module is imported by the registry (`unmix models list`), so it must not
+import torch: a family's module is imported only when a model of it is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from ..errors import CheckpointError, ModelNotFoundError
+
+Stems = Optional[Sequence[str]]
+
+
+@dataclass(frozen=True)
+class EntryRule:
+    """What a registry entry of the family must name, checked when the registry is read.
+
+    Attributes:
+        bag: a bag file among the entry's files (`bag`, default `<name>.yaml`).
+        config: "none"; "required" (`config` is a file among the files, or an inline
+            mapping); "mapping" (an inline mapping only).
+        checkpoint: one weights file (`checkpoint`, or the only file with one of
+            `weight_suffixes` among the files).
+        weight_suffixes: the entry must hold at least one file ending so.
+    """
+
+    bag: bool = False
+    config: str = "none"
+    checkpoint: bool = False
+    weight_suffixes: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Family:
+    """One row of the family table.
+
+    Attributes:
+        name: the registry's `family` value.
+        module: imports and returns the family's module (see the module docstring).
+        archs: the registry `arch` values it serves (empty: it takes none).
+        suffixes: single files it loads from a local path (lower case, with the dot).
+        descriptors: files that name other files of the model (a bag yaml); in a
+            folder they win over single checkpoints. `accepts` says which are its own.
+        folder_suffixes: a folder holding files with all of these suffixes may be in a
+            layout of the family's own: its module's `claims(folder)` decides.
+        entry: what its registry entries must name.
+        hint: what its local files look like (shown when a folder holds no model).
+    """
+
+    name: str
+    module: Callable[[], ModuleType]
+    archs: Tuple[str, ...] = ()
+    suffixes: Tuple[str, ...] = ()
+    descriptors: Tuple[str, ...] = ()
+    folder_suffixes: Tuple[str, ...] = ()
+    entry: EntryRule = EntryRule()
+    hint: str = ""
+
+
+def _demucs() -> ModuleType:
+    from . import demucs
+
+    return demucs
+
+
+def _roformer() -> ModuleType:
+    from . import roformer
+
+    return roformer
+
+
+def _openunmix() -> ModuleType:
+    from . import openunmix
+
+    return openunmix
+
+
+_BUILTIN = (
+    Family("demucs", _demucs, descriptors=(".yaml", ".yml"), suffixes=(".safetensors",),
+           entry=EntryRule(bag=True, weight_suffixes=(".safetensors",)),
+           hint="<name>.yaml with its <sig>.safetensors files, or one .safetensors file"),
+    Family("roformer", _roformer, archs=("BSRoformer", "MelBandRoformer", "bs_roformer", "mel_band_roformer"),
+           suffixes=(".ckpt", ".pth"), entry=EntryRule(config="required", checkpoint=True),
+           hint="a RoFormer .ckpt/.pth with its YAML config"),
+    Family("openunmix", _openunmix, folder_suffixes=(".json", ".pth"), entry=EntryRule(config="mapping", weight_suffixes=(".pth",)),
+           hint="Open-Unmix's <target>.json files with their <target>*.pth weights"),
+)
+
+#: family name -> row. `register` adds one (a plug-in, or a test's toy family).
+FAMILIES: Dict[str, Family] = {f.name: f for f in _BUILTIN}
+
+
+def register(family: Family) -> None:
+    """Add (or replace) a family row."""
+    FAMILIES[family.name] = family
+
+
+def unregister(name: str) -> None:
+    FAMILIES.pop(name, None)
+
+
+def names() -> Tuple[str, ...]:
+    return tuple(FAMILIES)
+
+
+def get(name: str, *, path: Any = None) -> Family:
+    family = FAMILIES.get(name)
+    if family is None:
+        raise CheckpointError(f"the {name} family cannot be loaded by this version of unmix", path=path,
+                              hint="supported families: " + ", ".join(sorted(FAMILIES)))
+    return family
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve(ref: str, *, registry_files: Iterable[Union[str, os.PathLike]] = ()):
+    """An existing local path, or the registry entry named `ref` (ModelNotFoundError otherwise).
+
+    Paths win: a local folder named like a registry model is what the user pointed at.
+    """
+    from ..registry import load_registry
+
+    path = Path(os.path.expanduser(str(ref)))
+    if path.exists():
+        return path
+    return load_registry(registry_files).get(str(ref))
+
+
+def load_model(ref: str, *, device: Any = None, offline: bool = False,
+               registry_files: Iterable[Union[str, os.PathLike]] = (), progress: Any = None,
+               stems: Stems = None):
+    """Load a model bag from a registry name or a local path.
+
+    Args:
+        ref: registry name (e.g. "htdemucs") or a local folder / checkpoint file.
+        device: where to put the members (a torch.device, "cpu", "cuda", "auto"),
+            or None to leave them on the CPU.
+        offline: use the cache only (also implied by HF_HUB_OFFLINE).
+        registry_files: extra registry files (`--registry`).
+        progress: download progress, see `hub.fetch`.
+        stems: the stems that will be asked for (None: all); families whose stems
+            are separate networks load only those.
+
+    Returns:
+        a `ModelBag` whose members map `[B, C, T]` to `[B, S, C, T]`, in eval mode.
+    """
+    target = resolve(ref, registry_files=registry_files)
+    if isinstance(target, Path):
+        bag = load_local(target, stems=stems)
+    else:
+        bag = load_spec(target, offline=offline, progress=progress, stems=stems)
+    if device is not None:
+        _to_device(bag, device)
+    return bag
+
+
+def load_spec(spec, *, offline: bool = False, progress: Any = None, stems: Stems = None, folder=None):
+    """Download (unless `folder` holds the files already) and load registry entry `spec`.
+
+    Returns:
+        a `ModelBag` named after the entry, its stems spelled as the entry lists them.
+    """
+    family = get(spec.family, path=spec.source)
+    if folder is None:
+        from .. import hub
+
+        folder = hub.fetch(spec, offline=offline, progress=progress)
+    bag = family.module().load_spec(spec, Path(folder), stems)
+    bag.name = spec.name
+    _registered_stem_names(bag, spec)
+    return bag
+
+
+def _registered_stem_names(bag, spec) -> None:
+    """Spell the bag's stems as the registry entry does (configs say "Vocals" or "vocals").
+
+    The model decides which stems exist and in which order; the entry must list
+    the same ones, compared without case (a family that loaded a subset, plus a
+    residual stem of its own, keeps its extra stem's name).
+    """
+    produced = list(bag.sources)
+    registered = {s.lower(): s for s in spec.stems}
+    if bag.extra.get("stem_subset"):
+        names = [registered.get(s.lower(), s) for s in produced]
+    else:
+        if len(produced) != len(spec.stems) or any(s.lower() not in registered for s in produced):
+            raise CheckpointError(
+                f"model '{spec.name}': its config gives the stems {', '.join(produced)}, "
+                f"the registry entry lists {', '.join(spec.stems)}",
+                path=spec.source,
+                hint="make the entry's 'stems' match the model's config",
+            )
+        names = [registered[s.lower()] for s in produced]
+    if names != produced:
+        bag.rename_sources(names)
+
+
+def load_local(path: Union[str, os.PathLike], *, stems: Stems = None, **family_options: Any):
+    """Load a model from a local path: a folder, a bag yaml, or one checkpoint file.
+
+    A folder in a layout a family claims (Open-Unmix's) goes to that family.
+    Otherwise a folder must hold exactly one descriptor (a bag yaml, loaded with its
+    members) or, if it has none, exactly one checkpoint file; the file's suffix
+    picks the family. A single checkpoint is a bag of one. `family_options` go to
+    the family's `load_local` (tests give Demucs the reference's classes).
+    """
+    target = Path(path)
+    if not target.exists():
+        raise ModelNotFoundError("no such file or folder", path=target, hint="check the model path")
+    if target.is_dir():
+        present = {p.suffix.lower() for p in target.iterdir() if p.is_file()}
+        for family in FAMILIES.values():
+            if family.folder_suffixes and present.issuperset(family.folder_suffixes):
+                module = family.module()
+                if module.claims(target):
+                    return module.load_local(target, stems, **family_options)
+        target = _pick_in_folder(target)
+    family = _family_for_file(target)
+    return family.module().load_local(target, stems, **family_options)
+
+
+def _family_for_file(path: Path) -> Family:
+    suffix = path.suffix.lower()
+    for family in FAMILIES.values():
+        if suffix in family.descriptors or suffix in family.suffixes:
+            return family
+    known = sorted({s for f in FAMILIES.values() for s in f.descriptors + f.suffixes})
+    raise CheckpointError(f"unsupported model file type {path.suffix or '(no suffix)'!r}", path=path,
+                          hint="supported: " + ", ".join(known))
+
+
+def summarise(names: Sequence[str], limit: int = 4) -> str:
+    """'a, b, c, d (+2 more)': a few names for a one-line message."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _is_descriptor(path: Path) -> bool:
+    for family in FAMILIES.values():
+        if path.suffix.lower() in family.descriptors:
+            accepts = getattr(family.module(), "accepts", None)
+            return accepts is None or bool(accepts(path))
+    return False
+
+
+def _pick_in_folder(folder: Path) -> Path:
+    """The one file in `folder` that describes a model: a descriptor, else a lone checkpoint."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    descriptors = [p for p in files if _is_descriptor(p)]
+    if len(descriptors) == 1:
+        return descriptors[0]
+    if len(descriptors) > 1:
+        raise CheckpointError(
+            f"the folder holds several bag files ({summarise([p.name for p in descriptors])})",
+            path=folder,
+            hint="pass the path of the bag file you want",
+        )
+    singles = [p for p in files if any(p.suffix.lower() in f.suffixes for f in FAMILIES.values())]
+    if len(singles) == 1:
+        return singles[0]
+    if not singles:
+        raise CheckpointError(
+            "the folder holds no model: no bag yaml and no checkpoint file",
+            path=folder,
+            hint="expected " + "; or ".join(f.hint for f in FAMILIES.values() if f.hint),
+        )
+    raise CheckpointError(
+        f"the folder holds several checkpoints ({summarise([p.name for p in singles])}) and no bag file",
+        path=folder,
+        hint="pass the path of one checkpoint, or add a bag yaml listing them",
+    )
+
+
+def _to_device(bag, device: Any) -> None:
+    import torch
+
+    if isinstance(device, str):
+        if device == "auto":
+            from ..engine import resolve_device
+
+            device = resolve_device("auto")
+        else:
+            device = torch.device(device)
+    for member in bag.models:
+        member.to(device)
+
+
+__all__: List[str] = ["Family", "EntryRule", "FAMILIES", "register", "unregister", "names", "get", "resolve",
+                      "load_model", "load_spec", "load_local", "summarise"]

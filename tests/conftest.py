@@ -99,11 +99,11 @@ def runnable_hub_model(fake_hub, tmp_path):
     """
     from types import SimpleNamespace
 
-    from demucs_export import export_bag, tiny_htdemucs
+    from demucs_export import export_tiny
     from fakehub import registry_entry, write_registry
 
     folder = tmp_path / "publish"
-    export_bag([tiny_htdemucs(seed=5)], None, None, folder, "tinyhub")
+    export_tiny(folder, "tinyhub")
     files = {p.name: p.read_bytes() for p in folder.iterdir()}
     repo = "test-owner/TinyHub"
     fake_hub.add_repo(repo, files)

@@ -14,8 +14,10 @@ it imports the oracles (demucs, optionally diffq).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -157,6 +159,29 @@ def export_bag(models, weights, segment, folder, name: str, *, quantizers=None) 
     quantizers = quantizers or [None] * len(models)
     sigs: List[str] = [export_model(m, folder, quantizer=q) for m, q in zip(models, quantizers)]
     return write_bag_yaml(folder, name, sigs, weights=weights, segment=segment)
+
+
+# ---------------------------------------------------------------- the tests' runnable model
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_model_file() -> Tuple[str, bytes]:
+    """(sig, file bytes) of the shared tiny model, built and exported once per session."""
+    with torch.random.fork_rng(), tempfile.TemporaryDirectory() as scratch:
+        # fork_rng: building seeds torch's global generator; callers keep their own state.
+        sig = export_model(tiny_htdemucs(seed=3), scratch)
+        return sig, (Path(scratch) / f"{sig}.safetensors").read_bytes()
+
+
+def export_tiny(folder, name: str = "tiny") -> Path:
+    """The tests' one tiny *runnable* model (a `tiny_htdemucs`, 8 kHz, 4 stems), written
+    as an official one-model bag: `folder/<name>.yaml` + `folder/<sig>.safetensors`.
+    Every test that needs a real model to run gets this same file; return the yaml path."""
+    sig, data = _tiny_model_file()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{sig}.safetensors").write_bytes(data)
+    return write_bag_yaml(folder, name, [sig])
 
 
 def reference_classes() -> Dict[str, type]:

@@ -401,6 +401,7 @@ def test_end_to_end_with_our_classes(tmp_path, kind, klass_name):
     _assert_same_outputs(ref_q, ours_q)
 
 
+@pytest.mark.slow
 def test_loading_a_quantized_bag_imports_no_oracle(tmp_path):
     if not _our_class_available("demucs.hdemucs.HDemucs"):
         pytest.skip("our HDemucs is not written yet")

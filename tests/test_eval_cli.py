@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from demucs_export import export_bag, tiny_htdemucs
+from demucs_export import export_tiny
 from unmixcli import cli
 
 STEMS = ("drums", "bass", "other", "vocals")
@@ -48,6 +48,7 @@ def estimates_from(musdb: Path, out: Path, swap: bool) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_existing_estimates_oracle_high_swapped_low(musdb, tmp_path):
     good = run([musdb, "--estimates", estimates_from(musdb, tmp_path / "oracle", False), "-o", tmp_path / "r1", "--json"])
     assert good.exit_code == 0, good.output
@@ -61,9 +62,10 @@ def test_existing_estimates_oracle_high_swapped_low(musdb, tmp_path):
     assert (tmp_path / "r1" / "summary.csv").is_file() and (tmp_path / "r1" / "scores.csv").is_file()
 
 
+@pytest.mark.slow
 def test_model_mode_separates_scores_and_resumes(musdb, tmp_path):
     model = tmp_path / "model"
-    export_bag([tiny_htdemucs(seed=1)], None, None, model, "tiny")
+    export_tiny(model, "tiny")
     out = tmp_path / "results"
     first = run([musdb, "-m", model, "-o", out, "--device", "cpu"])
     assert first.exit_code == 0, first.output

@@ -251,6 +251,7 @@ def test_offline_and_not_cached_says_which_command_fetches_it(published_model):
 # --------------------------------------------------------------------------- concurrency
 
 
+@pytest.mark.slow
 def test_two_processes_fetching_the_same_model_both_succeed(published_model):
     m = published_model
     m.hub.chunk_delay = 0.03  # ~1 MiB at 64 KiB per 30 ms: long enough for the two to overlap
@@ -308,7 +309,7 @@ def test_load_model_from_the_hub_and_from_a_local_path(fake_hub, tmp_path):
 
     built = tmp_path / "built"
     built.mkdir()
-    export.export_bag([export.tiny_htdemucs(seed=1)], None, None, built, "tinyht")
+    export.export_tiny(built, "tinyht")
     files = {p.name: p.read_bytes() for p in built.iterdir()}
     fake_hub.add_repo("test-owner/TinyHT", files)
     reg = write_registry(tmp_path / "r.yaml", {"tinyht": registry_entry("tinyht", "test-owner/TinyHT", files)})

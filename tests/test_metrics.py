@@ -78,6 +78,7 @@ def assert_parity(ours: metrics.BSSEvalResult, theirs: dict, tol: float = 0.01) 
     return worst
 
 
+@pytest.mark.slow
 def test_parity_four_stems_with_silence_and_near_perfect_estimate(museval_metrics):
     rng = np.random.default_rng(1)
     refs = music_like(rng, 4, 10.0)
@@ -108,6 +109,7 @@ def test_parity_four_stems_with_silence_and_near_perfect_estimate(museval_metric
     assert np.nanmedian(ours.sir[0]) < np.nanmedian(ours.sir[2])
 
 
+@pytest.mark.slow
 def test_parity_overlapping_windows_partial_tail_and_an_exact_window(museval_metrics):
     rng = np.random.default_rng(2)
     refs = music_like(rng, 2, 3.7)  # 3.7 s: a tail that fills no whole window

@@ -11,6 +11,9 @@ import torch
 from demucs_export import export_model
 from unmixcli.families.demucs import load_demucs_safetensors
 
+# Every case builds a full-size released model (tens of millions of weights).
+pytestmark = pytest.mark.slow
+
 TOL = 1e-5  # max |ours - ref| <= TOL * max |ref|
 STEMS4 = ["drums", "bass", "other", "vocals"]
 

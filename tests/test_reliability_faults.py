@@ -32,7 +32,7 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from demucs_export import export_bag, tiny_htdemucs
+from demucs_export import export_tiny
 from unmixcli import audio, cli
 
 MODEL_RATE = 8000
@@ -42,7 +42,7 @@ STEMS = ("drums", "bass", "other", "vocals")
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-model")
-    export_bag([tiny_htdemucs(seed=3)], None, None, folder, "tiny")
+    export_tiny(folder, "tiny")
     return folder
 
 
@@ -172,6 +172,7 @@ def test_disk_full_while_writing_a_stem(tmp_path, model_dir, monkeypatch):
     assert not (out / "tiny" / "a").exists()  # all or nothing: a's two finished stems were removed
 
 
+@pytest.mark.slow
 def test_a_real_file_size_limit_in_a_subprocess(tmp_path, model_dir):
     """RLIMIT_FSIZE: the kernel refuses writes past the limit (EFBIG), as a full disk would (ENOSPC)."""
     small = song(tmp_path / "in" / "small.wav", 0.5)
@@ -251,6 +252,7 @@ def start_and_wait_for_b(tmp_path, model_dir, out, scratch):
     raise AssertionError(f"the process ended before separating b: {seen}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_signal_in_the_middle_of_a_track(tmp_path, model_dir, signum):
     a = song(tmp_path / "in" / "a.wav", 0.5)
@@ -282,6 +284,7 @@ def test_signal_in_the_middle_of_a_track(tmp_path, model_dir, signum):
     assert_whole_stems(out, {"a": 0.5, "b": 30.0})
 
 
+@pytest.mark.slow
 def test_scratch_of_a_killed_run_is_removed_by_the_next_run(tmp_path, model_dir, monkeypatch):
     import tempfile
 
@@ -312,6 +315,7 @@ def test_scratch_of_a_killed_run_is_removed_by_the_next_run(tmp_path, model_dir,
 # --------------------------------------------------------------------------- two processes at once
 
 
+@pytest.mark.slow
 def test_two_processes_on_the_same_folder_and_output(tmp_path, model_dir):
     seconds = {f"t{i}": 1.0 + 0.5 * i for i in range(3)}
     for i, (name, s) in enumerate(seconds.items()):

@@ -32,7 +32,7 @@ import soundfile as sf
 
 from typer.testing import CliRunner
 
-from demucs_export import export_bag, tiny_htdemucs
+from demucs_export import export_tiny
 from media import pyav_write
 from unmixcli import audio, cli
 
@@ -47,7 +47,7 @@ SECONDS = 0.6  # short: the whole corpus must separate in a few seconds
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-model")
-    export_bag([tiny_htdemucs(seed=3)], None, None, folder, "tiny")
+    export_tiny(folder, "tiny")
     return folder
 
 

@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from demucs_export import export_bag, tiny_htdemucs
+from demucs_export import export_tiny
 from unmixcli import cli
 from unmixcli.separate import INSTRUMENTAL
 
@@ -25,7 +25,7 @@ RATE = 44100
 def model_dir(tmp_path_factory):
     """A bag of one tiny HTDemucs (8 kHz) in the published layout: tiny.yaml + <sig>.safetensors."""
     folder = tmp_path_factory.mktemp("tiny-model")
-    export_bag([tiny_htdemucs(seed=3)], None, None, folder, "tiny")
+    export_tiny(folder, "tiny")
     return folder
 
 
@@ -278,6 +278,7 @@ def test_registry_model_from_the_fake_hub_then_offline(tmp_path, fake_hub, runna
     )
 
 
+@pytest.mark.slow
 def test_real_process_run(tmp_path, model_dir):
     song = write_song(tmp_path / "p.wav", seconds=1.0)
     out = tmp_path / "out"

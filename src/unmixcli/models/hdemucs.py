@@ -1,5 +1,6 @@
 """Hybrid Demucs (v3, `HDemucs`) and the layers that Hybrid Transformer Demucs (v4)
-reuses: `pad1d`, `ScaledEmbedding`, `HEncLayer`, `HDecLayer`, `MultiWrap`.
+reuses: `ScaledEmbedding`, `HEncLayer`, `HDecLayer`, `MultiWrap`. The spectrogram front
+and back end of both models is `hybrid.HybridSpectrogram`.
 
 The model runs two U-Nets side by side: one over the complex spectrogram (complex as
 channels, convolutions along frequency) and one over the waveform; they are merged
@@ -12,7 +13,6 @@ by position for diffq-packed ones).
 from __future__ import annotations
 
 import copy
-import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -21,7 +21,8 @@ from torch.nn import functional as F
 
 from .cpu_kernels import conv_transpose_gemm, cpu_fp32_inference
 from .demucs import DConv, rescale_module
-from .spec import cac_padded, ispectro, spectro
+# pad1d and wiener moved to hybrid.py with the spectral code; still importable from here.
+from .hybrid import HybridSpectrogram, pad1d, wiener
 
 __all__ = [
     "HDecLayer",
@@ -32,32 +33,6 @@ __all__ = [
     "pad1d",
     "wiener",
 ]
-
-
-def pad1d(x: torch.Tensor, paddings: Tuple[int, int], mode: str = "constant",
-          value: float = 0.) -> torch.Tensor:
-    """`F.pad` on the last axis that also allows reflect padding wider than the input.
-
-    Reflection needs `pad < length`; when the input is too short, zeros are first
-    added on the side(s) being padded (right first), so that the original samples stay
-    where they were and the output has exactly `length + left + right` samples.
-
-    Shapes: `[*, T]` -> `[*, left + T + right]`.
-    """
-    length = x.shape[-1]
-    left, right = paddings
-    if mode == "reflect":
-        widest = max(left, right)
-        if length <= widest:
-            missing = widest - length + 1
-            extra_right = min(right, missing)
-            extra_left = missing - extra_right
-            x = F.pad(x, (extra_left, extra_right))
-            left, right = left - extra_left, right - extra_right
-    out = F.pad(x, (left, right), mode, value)
-    if out.shape[-1] != length + paddings[0] + paddings[1]:  # pragma: no cover - invariant
-        raise RuntimeError("pad1d produced an unexpected length")
-    return out
 
 
 class ScaledEmbedding(nn.Module):
@@ -390,64 +365,10 @@ class MultiWrap(nn.Module):
         return out, None
 
 
-# --------------------------------------------------------------------------- Wiener
-
-
-def wiener(mag: torch.Tensor, mix: torch.Tensor, iterations: int = 1, residual: bool = False,
-           scale_factor: float = 10.0, eps: float = 1e-10, batch_size: int = 200) -> torch.Tensor:
-    """Multichannel Wiener filtering of magnitude estimates (Open-Unmix's method).
-
-    The initial estimate of each source is its magnitude with the mixture's phase
-    (plus, with `residual`, the mixture minus all of them as an extra source). Then
-    `iterations` rounds of expectation-maximisation re-estimate per-source power
-    spectra and spatial covariances and re-separate the mixture with multichannel
-    Wiener gains.
-
-    Args:
-        mag: non-negative magnitudes `[N, F, C, S]`.
-        mix: complex mixture STFT `[N, F, C]`.
-
-    Returns:
-        complex source STFTs `[N, F, C, S]` (`S + 1` sources with `residual`).
-    """
-    angle = torch.atan2(mix.imag, mix.real)[..., None]
-    y = torch.complex(mag * torch.cos(angle), mag * torch.sin(angle))  # [N, F, C, S]
-    if residual:
-        y = torch.cat([y, mix[..., None] - y.sum(dim=-1, keepdim=True)], dim=-1)
-    if iterations == 0:
-        return y
-
-    # Work on a scaled-down copy for numerical stability, as the reference does.
-    max_abs = torch.clamp(mix.abs().max() / scale_factor, min=1.0)
-    mix = mix / max_abs
-    y = y / max_abs
-
-    frames, bins, channels = mix.shape
-    n_src = y.shape[-1]
-    eye = torch.eye(channels, dtype=mix.dtype, device=mix.device)
-    reg = math.sqrt(eps) * eye  # [C, C]
-    for _ in range(iterations):
-        power = (y.abs() ** 2).mean(dim=-2)  # [N, F, S] power spectral densities
-        # Spatial covariances: power-weighted average over time of y y^H.   [S, F, C, C]
-        cov = torch.einsum("nfcs,nfds->sfcd", y, y.conj())
-        covs = cov / (eps + power.sum(dim=0)).transpose(0, 1)[..., None, None]
-        out = torch.zeros_like(y)
-        for pos in range(0, frames, batch_size):
-            sl = slice(pos, pos + batch_size)
-            v = power[sl]  # [n, F, S]
-            mix_cov = reg + torch.einsum("nfs,sfcd->nfcd", v.to(mix.dtype), covs)
-            inv = torch.linalg.inv(mix_cov)  # [n, F, C, C]
-            for j in range(n_src):
-                gain = v[..., j, None, None] * torch.matmul(covs[j][None], inv)  # [n, F, C, C]
-                out[sl, ..., j] = torch.einsum("nfcd,nfd->nfc", gain, mix[sl])
-        y = out
-    return y * max_abs
-
-
 # --------------------------------------------------------------------------- model
 
 
-class HDemucs(nn.Module):
+class HDemucs(HybridSpectrogram, nn.Module):
     """Hybrid (spectrogram + waveform) Demucs, v3.
 
     The frequency branch works on the STFT (`nfft`, hop `nfft // 4`), by default with
@@ -623,107 +544,15 @@ class HDemucs(nn.Module):
         if rescale:
             rescale_module(self, reference=rescale)
 
-    # ------------------------------------------------------------------ spectrogram
-
-    def _spec(self, x: torch.Tensor) -> torch.Tensor:
-        """`[B, C, T]` -> complex `[B, C, F, N]`, F = nfft // 2 (Nyquist dropped).
-
-        For the hybrid model, N = ceil(T / hop) exactly, aligned with the time branch
-        (whose convs all produce input / stride): the signal is reflect padded by
-        3/2 hop on each side (plus up to a hop on the right), and the two frames on
-        each edge are dropped.
-        """
-        hop = self.hop_length
-        if self.hybrid:
-            if hop != self.nfft // 4:  # pragma: no cover - guaranteed by __init__
-                raise RuntimeError("hybrid models need hop == nfft // 4")
-            frames = int(math.ceil(x.shape[-1] / hop))
-            pad = hop // 2 * 3
-            # hybrid_old replicates a bug of early MDX models (zero instead of reflect).
-            mode = "constant" if self.hybrid_old else "reflect"
-            x = pad1d(x, (pad, pad + frames * hop - x.shape[-1]), mode=mode)
-        z = spectro(x, self.nfft, hop)[..., :-1, :]
-        if self.hybrid:
-            if z.shape[-1] != frames + 4:  # pragma: no cover - invariant
-                raise RuntimeError("unexpected number of STFT frames")
-            z = z[..., 2:2 + frames]
-        return z
-
-    def _ispec(self, z: torch.Tensor, length: Optional[int] = None, scale: int = 0,
-               padded: bool = False) -> torch.Tensor:
-        """Inverse of `_spec`: complex `[B, S, C, F, N]` -> `[B, S, C, length]`.
-
-        `padded`: z already holds the Nyquist bin and, for the hybrid model, the two
-        frames per side that `_spec` dropped (see `spec.cac_padded`)."""
-        hop = self.hop_length // (4 ** scale)
-        if not padded:
-            z = F.pad(z, (0, 0, 0, 1))  # restore the Nyquist bin (as zeros)
-        if not self.hybrid:
-            return ispectro(z, hop, length)
-        if not padded:
-            z = F.pad(z, (2, 2))  # restore the two dropped frames on each side
-        pad = hop // 2 * 3
-        covered = hop * int(math.ceil(length / hop))
-        if self.hybrid_old:
-            return ispectro(z, hop, length=covered)[..., :length]
-        x = ispectro(z, hop, length=covered + 2 * pad)
-        return x[..., pad:pad + length]
-
-    def _magnitude(self, z: torch.Tensor) -> torch.Tensor:
-        """Network input from the complex spectrogram `[B, C, F, N]`: with cac,
-        `[B, 2C, F, N]` (real/imag interleaved per channel), else `|z|`."""
-        if not self.cac:
-            return z.abs()
-        batch, channels, bins, frames = z.shape
-        m = torch.view_as_real(z).permute(0, 1, 4, 2, 3)  # [B, C, 2, F, N]
-        return m.reshape(batch, channels * 2, bins, frames)
-
-    def _mask(self, z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """Source spectrograms from magnitudes `m` `[B, S, C, F, N]` (without
-        complex-as-channels; that output goes through `spec.cac_padded`) and the mixture
-        spectrogram `z` `[B, C, F, N]`; returns complex `[B, S, C, F, N]`."""
-        niters = self.end_iters if self.training else self.wiener_iters
-        if niters < 0:
-            # Magnitude estimate with the mixture phase.
-            z = z[:, None]
-            return z / (1e-8 + z.abs()) * m
-        return self._wiener(m, z, niters)
-
-    def _wiener(self, mag_out: torch.Tensor, mix_stft: torch.Tensor, niters: int) -> torch.Tensor:
-        """Wiener filtering, per item and per window of 300 frames.
-
-        mag_out `[B, S, C, F, N]`, mix_stft complex `[B, C, F, N]` -> `[B, S, C, F, N]`.
-        """
-        dtype = mix_stft.dtype
-        window = 300
-        batch, n_src, channels, bins, frames = mag_out.shape
-        mags = mag_out.permute(0, 4, 3, 2, 1)  # [B, N, F, C, S]
-        mix = mix_stft.permute(0, 3, 2, 1)     # [B, N, F, C]
-        items = []
-        for b in range(batch):
-            parts = [wiener(mags[b, pos:pos + window], mix[b, pos:pos + window], niters,
-                            residual=self.wiener_residual)
-                     for pos in range(0, frames, window)]
-            items.append(torch.cat(parts, dim=0))  # [N, F, C, S']
-        out = torch.stack(items, 0).permute(0, 4, 3, 2, 1).contiguous()  # [B, S', C, F, N]
-        if self.wiener_residual:
-            out = out[:, :-1]
-        return out.to(dtype)
-
     # ------------------------------------------------------------------ forward
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         """`[B, C, T]` -> `[B, S, C, T]`."""
         length = mix.shape[-1]
 
-        z = self._spec(mix)
-        x = self._magnitude(z).to(mix.device)
-        batch, _, bins, frames = x.shape
-
         # Both branches are normalised per item (and scaled back at the end).
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        std = x.std(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) / (1e-5 + std)
+        z, x, mean, std = self._spectral_input(mix)
+        batch, _, bins, frames = x.shape
         if self.hybrid:
             xt = mix
             meant = xt.mean(dim=(1, 2), keepdim=True)
@@ -774,19 +603,7 @@ class HDemucs(nn.Module):
 
         n_src = len(self.sources)
         x = x.view(batch, n_src, -1, bins, frames)  # [B, S, C', F, N]
-
-        # Complex ops are not available on every backend: do them on the CPU there.
-        device = x.device
-        off_device = device.type in ("mps", "xpu")
-        if off_device:
-            x, std, mean = x.cpu(), std.cpu(), mean.cpu()
-        if self.cac:
-            zout = cac_padded(x, std, mean, edge_frames=2 if self.hybrid else 0)
-            x = self._ispec(zout, length, padded=True)
-        else:
-            x = self._ispec(self._mask(z, x * std[:, None] + mean[:, None]), length)
-        if off_device:
-            x = x.to(device)  # [B, S, C, length]
+        x = self._spectral_output(x, z, mean, std, length)  # [B, S, C, length]
 
         if self.hybrid:
             xt = xt.view(batch, n_src, -1, length)

@@ -10,7 +10,8 @@ waveform branch.
 Constructor arguments, attribute names and the order in which parameters are
 registered are those of `demucs.htdemucs.HTDemucs` (demucs 4.1.0), so that its
 checkpoints load as they are (diffq-packed states are positional). The
-layers shared with Demucs v3 live in `hdemucs.py`.
+layers shared with Demucs v3 live in `hdemucs.py`, the spectrogram front and back
+end in `hybrid.py`.
 
 Shapes: B batch, S sources, C audio channels, T samples, F frequency bins,
 N STFT frames.
@@ -18,7 +19,6 @@ N STFT frames.
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 from typing import List, Optional, Sequence
 
@@ -27,14 +27,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .demucs import rescale_module
-from .hdemucs import HDecLayer, HEncLayer, MultiWrap, ScaledEmbedding, pad1d, wiener
-from .spec import cac_padded, ispectro, spectro
+from .hdemucs import HDecLayer, HEncLayer, MultiWrap, ScaledEmbedding
+from .hybrid import HybridSpectrogram
 from .transformer import CrossTransformerEncoder
 
 __all__ = ["HTDemucs"]
 
 
-class HTDemucs(nn.Module):
+class HTDemucs(HybridSpectrogram, nn.Module):
     """Hybrid Transformer Demucs.
 
     Forward maps a mix `[B, C, T]` to stems `[B, S, C, T]`. With
@@ -289,88 +289,6 @@ class HTDemucs(nn.Module):
                 auto_sparsity=t_auto_sparsity,
             )
 
-    # ---------------------------------------------------------------- spectrograms
-
-    def _spec(self, x: Tensor) -> Tensor:
-        """Waveform `[B, C, T]` -> complex spectrogram `[B, C, nfft/2, ceil(T/hop)]`.
-
-        The signal is reflect-padded by 1.5 hops on each side (plus up to a whole
-        hop at the end) and the two outer frames on each side and the Nyquist bin
-        are dropped, so that frame count = T / hop exactly, as every other layer
-        divides lengths exactly by its stride. That keeps both branches aligned.
-        """
-        hl = self.hop_length
-        n_frames = int(math.ceil(x.shape[-1] / hl))
-        pad = hl // 2 * 3
-        x = pad1d(x, (pad, pad + n_frames * hl - x.shape[-1]), mode="reflect")
-        z = spectro(x, self.nfft, hl)[..., :-1, :]  # [B, C, F, n_frames + 4]
-        return z[..., 2 : 2 + n_frames]
-
-    def _ispec(self, z: Tensor, length: int, scale: int = 0, padded: bool = False) -> Tensor:
-        """Inverse of `_spec`: complex `[..., F, N]` -> waveform `[..., length]`.
-
-        `padded`: z already holds the Nyquist bin and the two frames per side that
-        `_spec` dropped (`[..., F + 1, N + 4]`, see `spec.cac_padded`)."""
-        hl = self.hop_length // (4 ** scale)
-        if not padded:
-            z = F.pad(z, (0, 0, 0, 1))  # restore the Nyquist bin
-            z = F.pad(z, (2, 2))  # and the two frames dropped on each side
-        pad = hl // 2 * 3
-        padded_length = hl * int(math.ceil(length / hl)) + 2 * pad
-        x = ispectro(z, hl, length=padded_length)
-        return x[..., pad : pad + length]
-
-    def _magnitude(self, z: Tensor) -> Tensor:
-        """Network input from the spectrogram `[B, C, F, N]` complex.
-
-        Complex-as-channels: `[B, 2C, F, N]` real, channel 2c / 2c+1 = real / imaginary
-        part of audio channel c. Otherwise the magnitude `[B, C, F, N]`.
-        """
-        if not self.cac:
-            return z.abs()
-        B, C, Fr, T = z.shape
-        return torch.view_as_real(z).permute(0, 1, 4, 2, 3).reshape(B, C * 2, Fr, T)
-
-    def _mask(self, z: Tensor, m: Tensor) -> Tensor:
-        """Stem spectrograms from magnitudes `m [B, S, C, F, N]` (without complex-as-channels;
-        that output goes through `spec.cac_padded`) and the mix spectrogram `z [B, C, F, N]`:
-        the mix phase is reused (`wiener_iters < 0`) or Wiener filtering runs.
-        """
-        niters = self.end_iters if self.training else self.wiener_iters
-        if niters < 0:
-            z = z[:, None]
-            return z / (1e-8 + z.abs()) * m
-        return self._wiener(m, z, niters)
-
-    def _wiener(self, mag_out: Tensor, mix_stft: Tensor, niters: int) -> Tensor:
-        """Multichannel Wiener filtering (Open-Unmix), 300 frames at a time.
-
-        `mag_out [B, S, C, F, N]` magnitudes, `mix_stft [B, C, F, N]` complex
-        -> `[B, S, C, F, N]` complex.
-        """
-        dtype = mix_stft.dtype
-        window = 300
-        B, S, C, Fq, T = mag_out.shape
-        mags = mag_out.permute(0, 4, 3, 2, 1)  # [B, N, F, C, S]
-        mix = mix_stft.permute(0, 3, 2, 1)  # [B, N, F, C] complex
-        # The reference's phase helper (Open-Unmix's atan2) sets the real part of
-        # exactly-zero bins to 1 in place, and the filtering then runs on that
-        # modified mixture. Zero bins are common (zero-padding up to the segment),
-        # so we do the same, explicitly, to get the same output.
-        mix = torch.where(mix == 0, torch.ones((), dtype=mix.dtype, device=mix.device), mix)
-        items = []
-        for b in range(B):
-            chunks = [
-                wiener(mags[b, pos : pos + window], mix[b, pos : pos + window], niters,
-                       residual=self.wiener_residual)
-                for pos in range(0, T, window)
-            ]  # each [n, F, C, S(+1)] complex
-            items.append(torch.cat(chunks, dim=0))
-        out = torch.stack(items, 0).permute(0, 4, 3, 2, 1).contiguous()  # [B, S(+1), C, F, N]
-        if self.wiener_residual:
-            out = out[:, :-1]  # drop the residual "source"
-        return out.to(dtype)
-
     # ---------------------------------------------------------------- lengths
 
     def _training_length(self) -> int:
@@ -403,14 +321,9 @@ class HTDemucs(nn.Module):
                 if length < run_length:
                     mix = F.pad(mix, (0, run_length - length))
 
-        z = self._spec(mix)  # [B, C, F, N] complex
-        x = self._magnitude(z).to(mix.device)
-        B, C, Fq, T = x.shape
-
         # Both branches are standardised per item; the statistics are put back at the end.
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        std = x.std(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) / (1e-5 + std)
+        z, x, mean, std = self._spectral_input(mix)  # z [B, C, F, N] complex, x [B, C', F, N]
+        B, C, Fq, T = x.shape
         xt = mix
         meant = xt.mean(dim=(1, 2), keepdim=True)
         stdt = xt.std(dim=(1, 2), keepdim=True)
@@ -468,18 +381,8 @@ class HTDemucs(nn.Module):
             raise RuntimeError("unused skip connections: encoder and decoder do not match")
 
         S = len(self.sources)
-        x = x.view(B, S, -1, Fq, T)
-        # Complex tensors are not supported on MPS / XPU: do the iSTFT on the CPU there.
-        device = x.device
-        off_device = device.type in ("mps", "xpu")
-        if off_device:
-            x, std, mean = x.cpu(), std.cpu(), mean.cpu()
-        if self.cac:
-            x = self._ispec(cac_padded(x, std, mean, edge_frames=2), run_length, padded=True)
-        else:
-            x = self._ispec(self._mask(z, x * std[:, None] + mean[:, None]), run_length)
-        if off_device:
-            x = x.to(device)  # [B, S, C, run_length]
+        x = x.view(B, S, -1, Fq, T)  # [B, S, C', F, N]
+        x = self._spectral_output(x, z, mean, std, run_length)  # [B, S, C, run_length]
 
         xt = xt.view(B, S, -1, run_length)
         xt = xt * stdt[:, None] + meant[:, None]

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
 from .cpu_kernels import Linear, linear, linear_gelu
 
 __all__ = [
@@ -347,7 +346,9 @@ class MultiheadAttention(nn.Module):
     Parameters `q`, `k`, `v`, `proj` (Linear C -> C each). With a fixed
     pattern the reference computes masked softmax attention through xformers;
     here the same pattern is a dense mask given to SDPA. The data-dependent
-    ("auto") sparsity relies on a custom xformers kernel and is not provided.
+    ("auto") sparsity relies on a custom xformers kernel and is not provided: such a
+    configuration is refused here, when the model is built, rather than on its first
+    forward (where a batch would fail track by track, as if the audio were at fault).
     """
 
     def __init__(
@@ -364,6 +365,11 @@ class MultiheadAttention(nn.Module):
         auto_sparsity=None,
     ):
         super().__init__()
+        if auto_sparsity:
+            raise ValueError(
+                "dynamic sparse attention (t_auto_sparsity) needs a custom xformers kernel "
+                "that unmix does not provide; use a model trained without t_auto_sparsity"
+            )
         self.num_heads = num_heads
         self.q = Linear(embed_dim, embed_dim, bias=bias)
         self.k = Linear(embed_dim, embed_dim, bias=bias)
@@ -372,17 +378,10 @@ class MultiheadAttention(nn.Module):
         self.proj = Linear(embed_dim, embed_dim, bias)
         self.proj_drop = nn.Dropout(dropout)
         self.batch_first = batch_first
-        self.auto_sparsity = auto_sparsity
         self.dropout = dropout
 
     def forward(self, query: Tensor, key: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """`query [B, Lq, C]`, `key [B, Lk, C]` -> `[B, Lq, C]` (batch-first, as used here)."""
-        if self.auto_sparsity:
-            raise CheckpointError(
-                "this model uses dynamic sparse attention (t_auto_sparsity), which needs "
-                "a custom xformers kernel that unmix does not provide",
-                hint="use a model trained without t_auto_sparsity",
-            )
         B, Lq, C = query.shape
         Lk = key.shape[1]
         H = self.num_heads

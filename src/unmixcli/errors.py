@@ -65,11 +65,15 @@ class RegistryError(UnmixError):
 
 
 class DownloadError(UnmixError):
-    """Fetching model files from the Hugging Face Hub failed."""
+    """Fetching model files (from the Hugging Face Hub or a registry URL) failed."""
 
 
 class OfflineError(DownloadError):
     """The model is not cached and we are offline (flag or HF_HUB_OFFLINE)."""
+
+
+class CacheError(UnmixError):
+    """The model cache could not be changed (e.g. removing cached files failed)."""
 
 
 class DeviceError(UnmixError):

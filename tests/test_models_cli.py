@@ -84,6 +84,17 @@ def test_info_shows_licence_and_sdr_source(hf_env):
     assert info["repo"] == "adefossez/HTDemucs" and info["cached"] == "no"
 
 
+def test_info_of_a_url_model_names_its_urls_and_url_cache(hf_env, tmp_path, monkeypatch):
+    """Open-Unmix is on Zenodo, not the Hub: info names the URLs and the URL cache, not a Hub repo."""
+    monkeypatch.setenv("UNMIX_CACHE", str(tmp_path / "cache"))
+    result = _run("models", "info", "umxhq")
+    assert result.exit_code == 0
+    assert "huggingface.co" not in result.stdout
+    assert "https://zenodo.org/records/3370489/files/vocals-b62c91ce.pth" in result.stdout
+    info = json.loads(_run("models", "info", "umxhq", "--json").stdout)
+    assert info["cache_dirs"] == [str(tmp_path / "cache" / "urls" / "umxhq")]
+
+
 def test_unknown_name_suggests_close_names(hf_env):
     result = _run("models", "info", "htdemcus")
     assert result.exit_code == 1

@@ -433,3 +433,23 @@ def test_builtin_kim_inline_config_builds_the_published_architecture():
     assert "band_split.to_features.59.1.weight" in state and "band_split.to_features.60.1.weight" not in state
     assert "mask_estimators.0.to_freqs.0.0.4.weight" in state and "final_norm.gamma" not in state
     assert len(spec.config["training"]["instruments"]) == 2 and spec.stems == ("vocals",)
+
+
+def test_bf16_request_runs_a_roformer_in_fp32_with_one_warning(mel_bag, monkeypatch):
+    """RoFormers' fused kernels write into fp32 buffers, which bf16 autocast breaks
+    ("Expected both inputs to be Half, Float or Double"): their contract says so and the
+    engine runs them in fp32, saying why once, instead of failing mid-track."""
+    import warnings
+
+    from unmixcli import engine
+
+    assert mel_bag.contracts[0].bf16 is False
+    mix = torch.randn(2, CHUNK * 2, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(engine, "_WARNED", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asked = separate_tensor(mel_bag, mix, None, EngineOptions(precision="bf16"), CPU)
+    full = separate_tensor(mel_bag, mix, None, EngineOptions(precision="fp32"), CPU)
+    assert all(torch.equal(asked[s], full[s]) for s in full)
+    assert engine.effective_precision("bf16", CPU, bf16=False) == "fp32"
+    assert len([w for w in caught if "fp32 only" in str(w.message)]) == 1

@@ -36,10 +36,17 @@ class Separator:
         shifts: number of random time shifts averaged (more is slower, slightly better).
         seed: seed of the shifts, so results are reproducible.
         batch_size: chunks per forward call.
-        precision: "fp32" (default) or "bf16".
+        precision: "auto" (default: bf16 for models measured faster in it, on devices that run
+            it natively such as CPUs with AVX-512 BF16 or AMX; fp32 elsewhere), "fp32" or "bf16".
+
+    Options are checked by `engine.EngineOptions` (UsageError, the command line's wording)
+    before any model is loaded or downloaded.
         offline: never touch the network; use the local cache only.
         registry_files: extra registry YAML files with more models.
         download_progress: a callback for download progress (see hub.fetch).
+        stems: the stems you will ask for (default: all). Families whose stems are separate
+            networks (Open-Unmix) then load only those (plus a residual stem, the mix minus
+            them); others load whole and ignore it.
     """
 
     def __init__(
@@ -52,10 +59,11 @@ class Separator:
         shifts: int = 0,
         seed: int = 0,
         batch_size: int = 1,
-        precision: str = "fp32",
+        precision: str = "auto",
         offline: bool = False,
         registry_files: Sequence[str] = (),
         download_progress: Optional[Callable] = None,
+        stems: Optional[Sequence[str]] = None,
     ):
         self.options = engine.EngineOptions(
             segment=segment, overlap=overlap, shifts=shifts, seed=seed, batch_size=batch_size, precision=precision
@@ -63,7 +71,8 @@ class Separator:
         self.device = engine.resolve_device(device)
         self.model_name = model
         self.bag = families.load_model(
-            model, device=self.device, offline=offline, registry_files=registry_files, progress=download_progress
+            model, device=self.device, offline=offline, registry_files=registry_files, progress=download_progress,
+            stems=tuple(stems) if stems else None,
         )
 
     @property

@@ -62,7 +62,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
+import tempfile  # noqa: F401 - atomic.py makes the temporary files; tests patch audio.tempfile.mkstemp
 import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -71,6 +71,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from . import atomic
 from .errors import AudioDecodeError, AudioEncodeError, PathLike
 
 __all__ = [
@@ -812,15 +813,11 @@ class AudioWriter:
         folder = self.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            # The temporary name is longer than the target's: cut the target's name so that a
-            # target near the 255-byte limit can still be written.
-            stem = os.fsencode(self.path.name)[:96].decode(errors="ignore")
-            fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".part", dir=folder)
-            os.close(fd)
+            tmp = atomic.temporary_beside(self.path, ".part")
         except OSError as exc:
             raise AudioEncodeError(f"cannot create a file in {folder} ({exc.strerror or exc})",
                                    path=self.path, hint="check the output folder and its permissions") from None
-        self._tmp = Path(tmp)
+        self._tmp = tmp
         try:
             if self.format in _LOSSY:
                 self._open_lossy()
@@ -884,10 +881,7 @@ class AudioWriter:
                 pass
             self._av = None
         if self._tmp is not None:
-            try:
-                self._tmp.unlink()
-            except FileNotFoundError:
-                pass
+            atomic.discard(self._tmp)
             self._tmp = None
 
     def close(self) -> None:
@@ -907,9 +901,7 @@ class AudioWriter:
                     container.mux(packet)
                 container.close()
                 self._av = None
-            # mkstemp makes the file private; give it the mode a plain open() would.
-            os.chmod(self._tmp, 0o666 & ~_current_umask())
-            os.replace(self._tmp, self.path)
+            atomic.commit(self._tmp, self.path)
             self._tmp = None
             self._closed = True
         except BaseException as exc:
@@ -1016,12 +1008,6 @@ def _native_name(path: Path):
     except UnicodeEncodeError:
         return os.fsencode(name)
     return name
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def encode(path: PathLike, audio: np.ndarray, sample_rate: int, fmt: Optional[str] = None,

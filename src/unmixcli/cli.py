@@ -11,6 +11,7 @@ commands import the heavy modules inside their bodies.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -127,9 +128,6 @@ def handle_errors() -> Iterator[None]:
 
 # --------------------------------------------------------------------------- unmix INPUT...
 
-_FORMAT_CHOICES = ["wav", "flac", "mp3", "opus", "m4a"]
-
-
 def _parse_stems(value: Optional[str]) -> Optional[tuple]:
     if not value:
         return None
@@ -137,16 +135,8 @@ def _parse_stems(value: Optional[str]) -> Optional[tuple]:
     return stems or None
 
 
-def _parse_rate(value: str):
-    if value in ("model", "keep"):
-        return value
-    try:
-        rate = int(value)
-    except ValueError:
-        rate = 0
-    if rate <= 0:
-        raise UsageErrorCls(f"invalid --sample-rate {value!r}", hint="use 'model', 'keep' or a rate in Hz such as 48000")
-    return rate
+_PRECISION_HELP = ("auto (default: bf16 for models measured faster in it, on hardware that runs it "
+                   "natively, e.g. CPUs with AVX-512 BF16 or AMX; fp32 elsewhere), fp32 or bf16.")
 
 
 @app.command(
@@ -179,7 +169,7 @@ def separate_cmd(
     shifts: int = typer.Option(0, "--shifts", help="Random time shifts averaged (slower, slightly better)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random shifts."),
     batch_size: int = typer.Option(1, "--batch-size", help="Chunks per forward call."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16."),
+    precision: str = typer.Option("auto", "--precision", help=_PRECISION_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: torch's choice)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo tracks whose stems already exist."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
@@ -189,25 +179,21 @@ def separate_cmd(
     registry: List[Path] = typer.Option([], "--registry", help="Extra registry YAML file(s)."),
 ) -> None:
     with handle_errors():
-        if fmt not in _FORMAT_CHOICES:
-            raise UsageErrorCls(f"unknown format {fmt!r}", hint=f"use one of: {', '.join(_FORMAT_CHOICES)}")
-        if overlap is not None and not 0 <= overlap < 1:
-            raise UsageErrorCls(f"--overlap must be in [0, 1), got {overlap}")
-        if segment is not None and segment <= 0:
-            raise UsageErrorCls(f"--segment must be positive, got {segment}")
-        if shifts < 0 or batch_size < 1:
-            raise UsageErrorCls("--shifts must be >= 0 and --batch-size >= 1")
-        if precision not in ("fp32", "bf16"):
-            raise UsageErrorCls(f"unknown precision {precision!r}", hint="use fp32 or bf16")
+        # Every option is checked by the options type that defines it (the API gets the same
+        # checks and wording); only what no options type holds is checked here.
+        if threads is not None and threads < 1:
+            raise UsageErrorCls(f"--threads must be at least 1, got {threads}")
+        from .engine import EngineOptions
         from .separate import OutputOptions, StemRequest, run_batch
 
         output = OutputOptions(
             out_dir=out, template=filename, fmt=fmt, bit_depth=bit_depth,
             bitrate=None if bitrate is None else bitrate * 1000,
-            sample_rate=_parse_rate(sample_rate), clip=clip, overwrite=overwrite,
+            sample_rate=sample_rate, clip=clip, overwrite=overwrite,
         )
         request = StemRequest(stems=_parse_stems(stems), karaoke=karaoke, instrumental=instrumental)
-        output.validate()
+        engine_options = EngineOptions(segment=segment, overlap=overlap, shifts=shifts, seed=seed,
+                                       batch_size=batch_size, precision=precision)
         reporter = _Reporter(json_events, quiet)
         with _sigterm_as_interrupt(), _warnings_as_lines():
             if dry_run:
@@ -220,9 +206,9 @@ def separate_cmd(
             from .api import Separator
 
             sep = Separator(
-                model, device=device, segment=segment, overlap=overlap, shifts=shifts, seed=seed,
-                batch_size=batch_size, precision=precision, offline=offline,
+                model, device=device, **dataclasses.asdict(engine_options), offline=offline,
                 registry_files=[str(r) for r in registry], download_progress=reporter.download_progress(),
+                stems=request.needed(),
             )
             jobs = sep.plan(inputs, output, request)
             if not jobs:
@@ -572,8 +558,9 @@ def models_list_cmd(
             )
         out_console.print(table)
         out_console.print(
-            "* default. Weights download from the Hugging Face Hub on first use (`unmix models download NAME` "
-            "to prefetch); `unmix models info NAME` shows licence terms and where scores come from.",
+            "* default. Weights download on first use, from the Hugging Face Hub or the URL the entry names "
+            "(`unmix models download NAME` to prefetch); `unmix models info NAME` shows licence terms, "
+            "sources and where scores come from.",
             highlight=False,
         )
 
@@ -591,7 +578,9 @@ def models_info_cmd(
         cached = hub.cached_files(spec)
         info = spec.to_dict()
         info["cached"] = hub.cache_state(spec)
-        info["cache_dir"] = str(hub.cache_dir())
+        folders = hub.cache_folders(spec)
+        info["cache_dir"] = str(folders[0])
+        info["cache_dirs"] = [str(f) for f in folders]
         if as_json:
             import json
 
@@ -602,7 +591,11 @@ def models_info_cmd(
         p(f"[bold]{spec.name}[/]  ({spec.family}{', ' + spec.arch if spec.arch else ''})", highlight=False)
         p(spec.description, highlight=False)
         p(f"stems:        {', '.join(spec.stems)}  @ {spec.sample_rate} Hz", highlight=False)
-        p(f"source:       https://huggingface.co/{spec.repo} (revision {spec.revision})", highlight=False)
+        if any(f.url is None for f in spec.files):
+            p(f"source:       https://huggingface.co/{spec.repo} (revision {spec.revision})", highlight=False)
+        for f in spec.files:
+            if f.url is not None:
+                p(f"source:       {f.url}", highlight=False)
         p(f"download:     {_fmt_bytes(spec.download_size)}; quantized: {spec.quantized or 'no'}", highlight=False)
         if spec.sdr is not None:
             per_stem = ", ".join(f"{k} {v:.2f}" for k, v in spec.sdr.stems.items())
@@ -611,7 +604,7 @@ def models_info_cmd(
         p(f"licence:      {spec.licence}", highlight=False)
         if spec.licence_note:
             p(f"  {spec.licence_note}", highlight=False)
-        p(f"cached:       {info['cached']} ({hub.cache_dir()})", highlight=False)
+        p(f"cached:       {info['cached']} ({', '.join(info['cache_dirs'])})", highlight=False)
         for fname, path in cached.items():
             p(f"  {fname}: {path if path else 'not cached'}", highlight=False)
         if spec.source:
@@ -699,24 +692,34 @@ def eval_cmd(
     segment: Optional[float] = typer.Option(None, "--segment", help="Seconds per chunk (default: the model's)."),
     overlap: Optional[float] = typer.Option(None, "--overlap", help="Chunk overlap (default: the model's)."),
     shifts: int = typer.Option(0, "--shifts", help="Random time shifts averaged."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16."),
+    precision: str = typer.Option("auto", "--precision", help=_PRECISION_HELP),
     offline: bool = typer.Option(False, "--offline", help="Cached models only."),
     registry: List[Path] = typer.Option([], "--registry", help="Extra registry YAML file(s)."),
 ) -> None:
-    with handle_errors(), _sigterm_as_interrupt():
+    with handle_errors(), _sigterm_as_interrupt(), _warnings_as_lines():
         if model and estimates:
             raise UsageErrorCls("give either -m/--model or --estimates, not both")
-        from .evaluate import evaluate
+        from .engine import EngineOptions, effective_precision
+        from .evaluate import EvalOptions, evaluate
 
-        separate_fn, wanted, label = None, _parse_stems(stems), None
+        # The same checks (and wording) as `unmix separate` and the API, before any model loads.
+        engine_options = EngineOptions(segment=segment, overlap=overlap, shifts=shifts, precision=precision)
+        options = EvalOptions(stems=_parse_stems(stems), subset=subset, track_names=_parse_stems(tracks),
+                              fit_length=fit_length, overwrite=overwrite)
+        separate_fn, wanted, label = None, options.stems, None
         if estimates is None:
             from .api import Separator
 
             model = model or "htdemucs"
-            sep = Separator(model, device=device, segment=segment, overlap=overlap, shifts=shifts,
-                            precision=precision, offline=offline, registry_files=[str(r) for r in registry])
+            sep = Separator(model, device=device, **dataclasses.asdict(engine_options), offline=offline,
+                            registry_files=[str(r) for r in registry])
             separate_fn, wanted = _eval_separate_fn(sep, dataset, subset, wanted)
-            label = f"{sep.display_name} segment={segment} overlap={overlap} shifts={shifts} precision={precision}"
+            # The precision that runs ("auto" settled on this device, for this model's members):
+            # results made with another are redone.
+            contracts = sep.bag.contracts
+            ran = effective_precision(precision, sep.device, all(c.auto_bf16 for c in contracts),
+                                      all(c.bf16 for c in contracts))
+            label = f"{sep.display_name} segment={segment} overlap={overlap} shifts={shifts} precision={ran}"
             name = sep.display_name
         else:
             name = estimates.name or "estimates"
@@ -724,9 +727,9 @@ def eval_cmd(
         progress = None if (quiet or json_out) else _EvalProgress()
         try:
             report = evaluate(
-                dataset, out_dir, estimates_dir=estimates, separate_fn=separate_fn, stems=wanted, subset=subset,
-                track_names=list(_parse_stems(tracks) or ()) or None, fit_length=fit_length, overwrite=overwrite,
-                label=label, progress=progress,
+                dataset, out_dir, estimates_dir=estimates, separate_fn=separate_fn, stems=wanted,
+                subset=options.subset, track_names=options.track_names, fit_length=options.fit_length,
+                overwrite=options.overwrite, label=label, progress=progress,
             )
         finally:
             if progress is not None:

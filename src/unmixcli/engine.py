@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import random
 import sys
@@ -46,12 +47,16 @@ Progress = Callable[[int, Optional[int]], None]
 
 # Time shifts move the mix by up to this many seconds (the reference's `shifts` trick).
 MAX_SHIFT_SECONDS = 0.5
-PRECISIONS = ("fp32", "bf16")
+# "auto": bf16 where the hardware runs it natively and it measured faster, fp32 elsewhere
+# (see `choose_precision`).
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
 class EngineOptions:
     """How to run the bag. None means the bag's (or the model's) own value.
+
+    Checked when made (`UsageError`, one wording for the CLI, the API and `unmix eval`).
 
     Attributes:
         segment: seconds per model call (at most the model's own for fixed-length models).
@@ -59,7 +64,9 @@ class EngineOptions:
         shifts: number of random time shifts averaged (0 = none).
         seed: seed of the time shifts; the same seed gives the same output.
         batch_size: segments per forward call.
-        precision: "fp32", or "bf16" (autocast on CPU/CUDA).
+        precision: "fp32", "bf16" (autocast on CPU/CUDA, float16 on MPS), or "auto" (bf16
+            where it is native and faster, else fp32; see `choose_precision`). The engine
+            runs fp32 unless told otherwise; the command line and `api.Separator` pass "auto".
     """
 
     segment: Optional[float] = None
@@ -68,6 +75,153 @@ class EngineOptions:
     seed: int = 0
     batch_size: int = 1
     precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.segment is not None and not (_is_number(self.segment) and math.isfinite(self.segment)
+                                             and self.segment > 0):
+            raise UsageError(f"segment must be a positive number of seconds, got {self.segment!r}",
+                             hint="e.g. --segment 7.8, or leave it out for the model's own")
+        if self.overlap is not None and not (_is_number(self.overlap) and 0 <= self.overlap < 1):
+            raise UsageError(f"overlap must be in [0, 1), got {self.overlap!r}",
+                             hint="e.g. --overlap 0.25")
+        if not (_is_whole(self.shifts) and self.shifts >= 0):
+            raise UsageError(f"shifts must be a whole number >= 0, got {self.shifts!r}")
+        if not _is_whole(self.seed):
+            raise UsageError(f"seed must be a whole number, got {self.seed!r}")
+        if not (_is_whole(self.batch_size) and self.batch_size >= 1):
+            raise UsageError(f"batch size must be a whole number >= 1, got {self.batch_size!r}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {self.precision!r}", hint=f"use one of: {', '.join(PRECISIONS)}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+# ----------------------------------------------------------------------------- precision
+
+# How a device runs bfloat16 (see `bf16_support`):
+BF16_EMULATED = "emulated"  # no bf16 units: converted in software, many times slower than fp32
+BF16_NATIVE = "native"  # bf16 units, but not measured faster than fp32 for our models
+BF16_FAST = "fast"  # native and measured faster (see `choose_precision`)
+
+# CPU feature flags (Linux /proc/cpuinfo names) of native bf16 arithmetic.
+_X86_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+_ARM_BF16_FLAGS = frozenset({"bf16"})  # Armv8.6 BF16 (e.g. Neoverse V1/V2, Graviton 3/4)
+
+
+def cpu_bf16_support(machine: str, flags) -> str:
+    """How a CPU runs bf16, from its architecture (`platform.machine()`) and feature flags.
+
+    x86 with AVX-512 BF16 or AMX: measured ~1.8x faster than fp32 for HTDemucs (bench_engine,
+    on a Xeon with both), so "fast" (Zen 4 has AVX-512 BF16 alone; counted the same). Without
+    them (AVX2-only chips, most desktops and laptops) bf16 is converted in software and runs
+    many times slower than fp32. arm64 with the BF16 extension is native, but no speed-up was
+    measured there, so `auto` keeps fp32.
+    """
+    flags = {f.lower() for f in flags}
+    machine = machine.lower()
+    if machine in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return BF16_FAST if flags & _X86_BF16_FLAGS else BF16_EMULATED
+    if machine in ("aarch64", "arm64", "armv8", "armv9"):
+        return BF16_NATIVE if flags & _ARM_BF16_FLAGS else BF16_EMULATED
+    return BF16_EMULATED
+
+
+def choose_precision(requested: str, device_type: str, support: str) -> Tuple[str, Optional[str]]:
+    """The precision to run and a warning to show (or None); a pure function of its inputs.
+
+    Args:
+        requested: "auto", "fp32" or "bf16".
+        device_type: "cpu", "cuda", "mps", ...
+        support: `BF16_EMULATED`, `BF16_NATIVE` or `BF16_FAST` for that device.
+
+    `auto` picks bf16 only where it is native and measured faster, fp32 otherwise. An explicit
+    bf16 is honoured everywhere; where it is emulated the warning says why fp32 is likely faster.
+    On MPS "bf16" means float16 autocast (as before), without a warning.
+    """
+    if requested not in PRECISIONS:  # EngineOptions refuses these: a caller's bug
+        raise ValueError(f"unknown precision {requested!r}")
+    if requested == "fp32":
+        return "fp32", None
+    if requested == "auto":
+        return ("bf16" if device_type in ("cpu", "cuda") and support == BF16_FAST else "fp32"), None
+    if device_type == "mps" or support != BF16_EMULATED:
+        return "bf16", None
+    where = "this CPU" if device_type == "cpu" else f"this {device_type} device"
+    units = "AVX-512 BF16 or AMX" if device_type == "cpu" else "bf16 units"
+    return "bf16", (f"--precision bf16: {where} has no native bfloat16 ({units}), so it is emulated "
+                    "and usually much slower than fp32; --precision fp32 (or auto) will likely be faster")
+
+
+_BF16_SUPPORT: Dict[str, str] = {}
+
+
+def bf16_support(device: torch.device) -> str:
+    """`choose_precision`'s `support` for a device, probed once per device type."""
+    kind = device.type
+    if kind not in _BF16_SUPPORT:
+        if kind == "cpu":
+            _BF16_SUPPORT[kind] = _probe_cpu_bf16()
+        elif kind == "cuda":
+            # Ampere and later. Not measured against fp32 here (no GPU in this project's
+            # bench), so "native", and `auto` keeps fp32 on CUDA until it is.
+            try:
+                native = bool(torch.cuda.is_bf16_supported())
+            except (RuntimeError, AssertionError):
+                native = False
+            _BF16_SUPPORT[kind] = BF16_NATIVE if native else BF16_EMULATED
+        else:
+            _BF16_SUPPORT[kind] = BF16_NATIVE  # MPS: "bf16" runs float16 autocast
+    return _BF16_SUPPORT[kind]
+
+
+def _probe_cpu_bf16() -> str:
+    import platform
+
+    machine = platform.machine()
+    flags = set()
+    cpu = getattr(torch, "cpu", None)
+    # torch's own CPU probe (cpuinfo) works on every OS; /proc/cpuinfo is the Linux fallback.
+    # Every x86 chip with AMX tiles so far has AMX-BF16 too.
+    for probe, flag in (("_is_avx512_bf16_supported", "avx512_bf16"), ("_is_amx_tile_supported", "amx_bf16")):
+        check = getattr(cpu, probe, None)
+        try:
+            if check is not None and check():
+                flags.add(flag)
+        except Exception:  # noqa: BLE001 - a private probe; absence means "not known to be native"
+            pass
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    flags.update(value.split())
+    except OSError:
+        pass
+    return cpu_bf16_support(machine, flags)
+
+
+def effective_precision(requested: str, device: torch.device, auto_bf16: bool = True, bf16: bool = True) -> str:
+    """What `requested` runs as on `device` ("fp32" or "bf16") for a model that may (`auto_bf16`)
+    or may not run in bf16 under "auto", and can (`bf16`) or cannot run in bf16 at all (its
+    contract's fields; see `_Runner.precision_for`)."""
+    chosen = choose_precision(requested, device.type, bf16_support(device))[0]
+    return "fp32" if not bf16 or (requested == "auto" and not auto_bf16) else chosen
+
+
+# Warnings already shown in this process: a batch of many tracks warns once, not per track.
+_WARNED: set = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- devices
@@ -256,6 +410,8 @@ class _Plan:
     around_forward: Callable[[], object] = _nullcontext_factory  # Contract.forward_context
     edge: int = 0  # mirrored samples added at each end of a long enough track (EdgeRule.reflect_track)
     fill_short: Optional[Callable[[Tensor, int], Tensor]] = None  # see EdgeRule.fill_short
+    bf16: bool = True  # Contract.bf16
+    auto_bf16: bool = False  # Contract.auto_bf16
 
     def input_length(self, n: int) -> int:
         """Samples fed to the model for a segment of n samples (the rest is context)."""
@@ -281,9 +437,7 @@ def _make_plan(model: nn.Module, contract: Contract, options: EngineOptions) -> 
     own = contract.segment
     fixed_input = None
     if options.segment is not None:
-        segment = options.segment
-        if segment <= 0:
-            raise UsageError(f"segment must be positive, got {segment}")
+        segment = options.segment  # positive: EngineOptions checked it
         if contract.segment_rule == "max":
             if own is not None and segment > own:
                 raise UsageError(f"segment {segment} s is longer than the {own:.2f} s "
@@ -305,7 +459,7 @@ def _make_plan(model: nn.Module, contract: Contract, options: EngineOptions) -> 
     if contract.segment_rule == "fixed" and fill_short is None:
         fill_short = _fill_zeros
     return _Plan(model, segment_length, stride, contract.window, fixed_input, contract.input_length,
-                 contract.forward_context, edge, fill_short)
+                 contract.forward_context, edge, fill_short, contract.bf16, contract.auto_bf16)
 
 
 def _fill_zeros(chunk: Tensor, length: int) -> Tensor:
@@ -328,30 +482,50 @@ class _Runner:
     """Runs members on batches of segments: device, precision, out-of-memory fallback."""
 
     def __init__(self, device: torch.device, precision: str, batch_size: int):
-        if precision not in PRECISIONS:
-            raise UsageError(f"unknown precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
-        if batch_size < 1:
-            raise UsageError(f"batch size must be at least 1, got {batch_size}")
+        # The options were checked by EngineOptions; "auto" is settled per device (here)
+        # and per model (`forward`'s auto_bf16).
         self.device = device
-        self.precision = precision
+        self.requested = precision
+        self.precision = self._settle(precision, device)  # what "auto" gives a model measured faster in bf16
         self.batch_size = batch_size
         self._cpu_forwards = 0
 
-    def _autocast(self):
-        if self.precision == "bf16" and self.device.type in ("cpu", "cuda"):
+    @staticmethod
+    def _settle(precision: str, device: torch.device) -> str:
+        chosen, warning = choose_precision(precision, device.type, bf16_support(device))
+        if warning:
+            _warn_once(warning)
+        return chosen
+
+    def precision_for(self, auto_bf16: bool, bf16: bool = True) -> str:
+        """The precision a model runs in: "auto" gives bf16 only to a model whose contract says
+        bf16 measured faster for it (e.g. HTDemucs), on hardware where bf16 is fast; a model
+        that cannot run in bf16 (`bf16` False) runs in fp32 whatever was asked."""
+        if not bf16:
+            if self.requested == "bf16":
+                _warn_once("--precision bf16: this model runs in fp32 only (its kernels write into "
+                           "fp32 buffers), so it runs in fp32")
+            return "fp32"
+        if self.requested == "auto" and not auto_bf16:
+            return "fp32"
+        return self.precision
+
+    def _autocast(self, precision: str):
+        if precision == "bf16" and self.device.type in ("cpu", "cuda"):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        if self.precision == "bf16":
+        if precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.float16)
         return _nullcontext()
 
-    def forward(self, model: nn.Module, batch: Tensor) -> Tensor:
+    def forward(self, model: nn.Module, batch: Tensor, auto_bf16: bool = False, bf16: bool = True) -> Tensor:
         """[B, C, P] on any device -> [B, S, C, P'] float32 on the CPU.
 
+        `auto_bf16`, `bf16`: the model's contract (see `precision_for`).
         On out-of-memory: retry in halves (and keep the smaller batch size from
         then on); a single segment that does not fit moves to the CPU with a warning.
         """
         try:
-            return self._forward_on_device(model, batch)
+            return self._forward_on_device(model, batch, auto_bf16, bf16)
         except Exception as error:  # noqa: BLE001 - only out-of-memory is handled
             if not _is_oom(error):
                 raise
@@ -360,19 +534,22 @@ class _Runner:
         if batch.shape[0] > 1:
             half = batch.shape[0] // 2
             self.batch_size = min(self.batch_size, half)
-            return torch.cat([self.forward(model, batch[:half]), self.forward(model, batch[half:])])
+            return torch.cat([self.forward(model, batch[:half], auto_bf16, bf16),
+                              self.forward(model, batch[half:], auto_bf16, bf16)])
         if self.device.type == "cpu":
             raise DeviceError("out of memory on the CPU for a single segment",
                               hint="use a shorter segment or close other programs") from oom
         warnings.warn(f"out of memory on {self.device} even for a single segment; "
                       "continuing on the CPU (slower)", RuntimeWarning, stacklevel=2)
         self.device = torch.device("cpu")
-        return self._forward_on_device(model, batch)
+        self.precision = self._settle(self.requested, self.device)  # "auto" on the CPU may differ
+        return self._forward_on_device(model, batch, auto_bf16, bf16)
 
-    def _forward_on_device(self, model: nn.Module, batch: Tensor) -> Tensor:
+    def _forward_on_device(self, model: nn.Module, batch: Tensor, auto_bf16: bool = False,
+                           bf16: bool = True) -> Tensor:
         if isinstance(model, nn.Module) and _module_device(model) not in (None, self.device):
             model.to(self.device)
-        with torch.inference_mode(), self._autocast(), _fast_attention():
+        with torch.inference_mode(), self._autocast(self.precision_for(auto_bf16, bf16)), _fast_attention():
             out = model(batch.to(self.device))
         out = out.float().cpu()
         if self.device.type == "cpu":
@@ -650,8 +827,6 @@ class _StreamCore:
         self.total_frames = total_frames
         self.progress = progress
         self.runner = _Runner(device, options.precision, options.batch_size)
-        if options.shifts < 0:
-            raise UsageError(f"shifts must be >= 0, got {options.shifts}")
         self.shifts = options.shifts
         stem_index = [bag.sources.index(s) for s in stems]
         members = bag.members_for(stems)
@@ -729,7 +904,7 @@ class _StreamCore:
             inputs = torch.stack([self._segment_input(lane, n, length, start)
                                   for (_, n, length, start) in ready])  # [B, C, P]
             with plan.around_forward():
-                outputs = self.runner.forward(plan.model, inputs)  # [B, S, C, P']
+                outputs = self.runner.forward(plan.model, inputs, plan.auto_bf16, plan.bf16)  # [B, S, C, P']
             for (offset, n, _, _), out in zip(ready, outputs):
                 # Filled segments keep the head of the output, context-padded ones its middle.
                 lo = 0 if plan.fill_short is not None else (out.shape[-1] - n) // 2
@@ -828,7 +1003,8 @@ def mix_stats(mix: Tensor) -> Tuple[Tensor, Tensor]:
     A streaming caller computes them in a first pass; plain floats work as well.
     """
     mono = mix.mean(0)
-    return mono.mean(), mono.std() + 1e-8
+    # One frame has no spread: the unbiased estimate would be NaN (0/0), so take 0 there.
+    return mono.mean(), mono.std(correction=1 if mono.numel() > 1 else 0) + 1e-8
 
 
 def separate_stream(bag: ModelBag, blocks: Iterable, total_frames: Optional[int],

@@ -29,13 +29,13 @@ import csv
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import EvaluationError, UsageError
 from .metrics import METRICS, bss_eval_v4, mdx_sdr, track_median
 
@@ -70,6 +70,49 @@ class EvalTrack:
     def stem_files(self) -> Dict[str, Path]:
         """Reference stems present in the folder: {stem: path}, mixture excluded."""
         return {p.stem: p for p in sorted(self.folder.glob("*.wav")) if p.stem != MIXTURE}
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What to score and how; checked when made (`UsageError`), for the API and `unmix eval` alike.
+
+    Attributes:
+        stems: stems to score, at least two (None: the reference stems of the first track).
+        subset: split folder when the dataset folder holds several (`test`).
+        track_names: only these tracks (None: all).
+        window, hop: BSS Eval window and hop in seconds (museval: 1.0, 1.0).
+        fit_length: pad with zeros / cut estimates to the reference length, as museval does,
+            instead of rejecting a length mismatch.
+        overwrite: evaluate again tracks already scored in the output folder.
+        label: what produced the estimates (see `evaluate`).
+    """
+
+    stems: Optional[Tuple[str, ...]] = None
+    subset: str = "test"
+    track_names: Optional[Tuple[str, ...]] = None
+    window: float = 1.0
+    hop: float = 1.0
+    fit_length: bool = False
+    overwrite: bool = False
+    label: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.stems is not None:
+            stems = order_stems(list(self.stems))
+            if len(stems) < 2:
+                raise UsageError(f"BSS Eval needs at least two stems, got {list(stems)}",
+                                 hint="evaluate two or more stems")
+            object.__setattr__(self, "stems", stems)
+        if self.track_names is not None:
+            object.__setattr__(self, "track_names", tuple(self.track_names))
+        if not all(_positive(v) for v in (self.window, self.hop)):
+            raise UsageError(f"window and hop must be positive (got {self.window} s, {self.hop} s)")
+        if not isinstance(self.subset, str) or not self.subset or os.sep in self.subset or self.subset in (".", ".."):
+            raise UsageError(f"invalid subset {self.subset!r}", hint="the name of a split folder, e.g. test")
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 @dataclass
@@ -166,7 +209,11 @@ def find_tracks(root: PathLike, subset: str = "test") -> Tuple[Path, List[EvalTr
         raise EvaluationError("dataset folder not found", path=root, hint=_LAYOUT_HINT)
     split = root / subset if (root / subset).is_dir() else root
     tracks = []
-    for folder in sorted(p for p in split.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    try:
+        folders = sorted(p for p in split.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise EvaluationError(f"cannot list the dataset folder ({exc.strerror or exc})", path=split) from exc
+    for folder in folders:
         track = EvalTrack(folder.name, folder)
         if not track.mixture.is_file():
             raise EvaluationError(f"track folder has no {MIXTURE}.wav", path=folder, hint=_LAYOUT_HINT)
@@ -346,6 +393,11 @@ def evaluate(
     """
     if (estimates_dir is None) == (separate_fn is None):
         raise UsageError("give exactly one of estimates_dir and separate_fn")
+    opts = EvalOptions(stems=None if stems is None else tuple(stems), subset=subset,
+                       track_names=None if track_names is None else tuple(track_names), window=window, hop=hop,
+                       fit_length=fit_length, overwrite=overwrite, label=label)
+    stems, subset, track_names = opts.stems, opts.subset, opts.track_names
+    window, hop = float(opts.window), float(opts.hop)
     split, tracks = find_tracks(dataset, subset)
     if track_names is not None:
         by_name = {t.name: t for t in tracks}
@@ -353,17 +405,12 @@ def evaluate(
         if missing:
             raise EvaluationError(f"no track named '{missing[0]}'", path=split, hint=f"{len(tracks)} tracks are available")
         tracks = [by_name[n] for n in track_names]
-    if window <= 0 or hop <= 0:
-        raise UsageError(f"window and hop must be positive (got {window} s, {hop} s)")
     if stems is None:
         stems = order_stems(list(tracks[0].stem_files()))
         if len(stems) < 2:
             raise EvaluationError(
                 f"fewer than two stem files beside {MIXTURE}.wav", path=tracks[0].folder, hint=_LAYOUT_HINT
             )
-    stems = order_stems(list(stems))
-    if len(stems) < 2:
-        raise UsageError(f"BSS Eval needs at least two stems, got {list(stems)}", hint="evaluate two or more stems")
     est_root = Path(estimates_dir) if estimates_dir is not None else None
     if est_root is not None:
         if not est_root.is_dir():
@@ -511,15 +558,18 @@ def _from_json_number(value: Optional[float]) -> float:
 
 
 def _write_atomic(path: Path, write: Callable[[Any], None], newline: Optional[str] = None) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write through a temporary file in the same folder, then rename: never a half file.
+
+    Raises EvaluationError when the file cannot be written (read-only or full disk, a folder
+    in the way, ...); the results written before stay, so a later run resumes.
+    """
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path, suffix=".tmp") as tmp:
+            with open(tmp, "w", encoding="utf-8", newline=newline) as f:
+                write(f)
+    except OSError as exc:
+        raise EvaluationError(f"cannot write results ({exc.strerror or exc})", path=path,
+                              hint="check that the output folder (-o) is writable and has free space") from exc
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -577,6 +627,7 @@ def _csv_number(value: float) -> str:
 
 
 __all__ = [
+    "EvalOptions",
     "EvalTrack",
     "EvaluationReport",
     "ProgressFn",

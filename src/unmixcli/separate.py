@@ -25,6 +25,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -55,12 +56,13 @@ IO_BLOCK = 1 << 16
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """Where and how stems are written.
+    """Where and how stems are written; checked when made (`UsageError`).
 
     `sample_rate` is "model" (the model's rate), "keep" (the input's rate) or a
-    number of Hz. `bit_depth` None means 24 for WAV/FLAC (the stems are float
-    inside; 24 bits keeps their quality, 32 writes float WAV). `bitrate` is in
-    bits per second, for the lossy formats only.
+    number of Hz (an int, or a string of digits as the command line gives it).
+    `bit_depth` None means 24 for WAV/FLAC (the stems are float inside; 24 bits
+    keeps their quality, 32 writes float WAV). `bitrate` is in bits per second,
+    for the lossy formats only.
     """
 
     out_dir: Path = Path("separated")
@@ -75,32 +77,66 @@ class OutputOptions:
     def __post_init__(self) -> None:
         # Accept str paths from API users; everything below relies on Path.
         object.__setattr__(self, "out_dir", Path(self.out_dir))
+        object.__setattr__(self, "sample_rate", _parse_rate(self.sample_rate))
+        self._check()
 
     def validate(self) -> None:
+        """Check the options again (they were checked when made); kept for API callers."""
+        self._check()
+
+    def _check(self) -> None:
         if self.fmt not in audio.FORMATS:
             raise UsageError(f"unknown output format {self.fmt!r}", hint=f"use one of: {', '.join(audio.FORMATS)}")
         if self.clip not in CLIP_MODES:
             raise UsageError(f"unknown clip mode {self.clip!r}", hint=f"use one of: {', '.join(CLIP_MODES)}")
-        if not (self.sample_rate in ("model", "keep") or (isinstance(self.sample_rate, int) and self.sample_rate > 0)):
-            raise UsageError(f"invalid sample rate {self.sample_rate!r}", hint="use 'model', 'keep' or a rate in Hz")
         check_template(self.template)
         depths = {"wav": (16, 24, 32), "flac": (16, 24)}.get(self.fmt, ())
-        if self.bit_depth is not None and self.bit_depth not in depths:
+        if self.bit_depth is not None and (not _is_whole(self.bit_depth) or self.bit_depth not in depths):
             raise UsageError(
                 f"{self.fmt} cannot be written with --bit-depth {self.bit_depth}",
                 hint=f"use one of {', '.join(map(str, depths))}" if depths else "use --bitrate for lossy formats",
             )
-        if self.bitrate is not None and (depths or self.bitrate <= 0):
-            raise UsageError(
-                f"--bitrate does not apply to {self.fmt}" if depths else f"invalid bitrate {self.bitrate}",
-                hint="use --bit-depth for wav/flac" if depths else "e.g. --bitrate 320",
-            )
+        if self.bitrate is not None:
+            if depths:
+                raise UsageError(f"--bitrate does not apply to {self.fmt}", hint="use --bit-depth for wav/flac")
+            if not _is_whole(self.bitrate) or not MIN_BITRATE <= self.bitrate <= MAX_BITRATE:
+                shown = f"{self.bitrate / 1000:g} kbit/s" if _is_whole(self.bitrate) else repr(self.bitrate)
+                raise UsageError(f"invalid bitrate {shown}",
+                                 hint=f"use {MIN_BITRATE // 1000} to {MAX_BITRATE // 1000} kbit/s, e.g. --bitrate 320")
 
     @property
     def effective_bit_depth(self) -> Optional[int]:
         if self.bit_depth is None and self.fmt in ("wav", "flac"):
             return 24
         return self.bit_depth
+
+
+# Bitrates (bits per second) the lossy encoders take: Opus 6-510 kbit/s is the widest
+# range of the three; an encoder picks its nearest supported rate inside it.
+MIN_BITRATE = 6_000
+MAX_BITRATE = 510_000
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _parse_rate(value):
+    """'model', 'keep', or a positive whole number of Hz (int or digits) -> 'model' | 'keep' | int."""
+    if value in ("model", "keep"):
+        return value
+    rate = value
+    if isinstance(value, str) and value.strip().isdigit():
+        rate = int(value.strip())
+    if not _is_whole(rate) or not MIN_RATE <= rate <= MAX_RATE:
+        raise UsageError(f"invalid sample rate {str(value)!r}",
+                         hint=f"use 'model', 'keep' or a rate from {MIN_RATE} to {MAX_RATE} Hz such as 48000")
+    return int(rate)
+
+
+# Output rates in Hz: nothing below 1 kHz is useful audio; 768 kHz is the highest rate of common converters.
+MIN_RATE = 1_000
+MAX_RATE = 768_000
 
 
 @dataclass(frozen=True)
@@ -116,6 +152,20 @@ class StemRequest:
     karaoke: bool = False
     instrumental: str = "residual"
 
+    def __post_init__(self) -> None:
+        if self.instrumental not in INSTRUMENTAL_MODES:
+            raise UsageError(f"unknown instrumental mode {self.instrumental!r}", hint="use 'residual' or 'sum'")
+
+    def needed(self) -> Optional[Tuple[str, ...]]:
+        """The stems the model must give, where that is known before it is loaded (None: all).
+
+        Passed to `families.load_model`, so that a family whose stems are separate networks
+        (Open-Unmix) loads only those, as `umx --targets` does.
+        """
+        if self.karaoke:
+            return ("vocals",) if self.instrumental == "residual" else None
+        return tuple(dict.fromkeys(self.stems)) if self.stems else None
+
     def resolve(self, model_stems: Sequence[str]) -> Tuple[List[str], List[str]]:
         """(stems the engine must compute, stems written to disk), validated against the model."""
         model_stems = list(model_stems)
@@ -126,8 +176,6 @@ class StemRequest:
                 raise UsageError(
                     f"--karaoke needs a model with a 'vocals' stem; this one has {', '.join(model_stems)}"
                 )
-            if self.instrumental not in INSTRUMENTAL_MODES:
-                raise UsageError(f"unknown instrumental mode {self.instrumental!r}", hint="use 'residual' or 'sum'")
             if self.instrumental == "sum" and len(model_stems) < 2:
                 # A vocals-only model has no other stems to add up.
                 raise UsageError("--instrumental sum needs a model with stems besides vocals",
@@ -177,6 +225,11 @@ def check_template(template: str) -> None:
         raise UsageError("the --filename template must contain {stem}", hint=f"default: {DEFAULT_TEMPLATE}")
     if os.path.isabs(template) or ".." in Path(template).parts:
         raise UsageError("the --filename template must be a relative path inside the output folder")
+    try:  # what the regular expression cannot see: a lone brace, a bad conversion or format spec
+        template.format(**{name: "x" for name in TEMPLATE_FIELDS})
+    except (ValueError, IndexError, KeyError, AttributeError) as exc:
+        raise UsageError(f"the --filename template is not valid ({exc})",
+                         hint="write fields as {track}, {stem}, ...; a literal brace as {{ or }}") from None
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f/\\]")
@@ -254,25 +307,48 @@ def _inside(path: str, folder: str) -> bool:
 
 
 def _walk_media(root: Path, exclude: Optional[Path] = None) -> List[Tuple[Path, str]]:
+    """Media files under `root`, never outside it.
+
+    Folder links are followed only when they lead to a folder inside `root` (each folder is
+    visited once, whichever way it is reached). A link out of the tree (e.g. `..` at the top,
+    which would separate the whole parent tree) is skipped with a warning naming it; a loop
+    back up to a folder inside the tree that is being walked is cut quietly.
+    """
     out: List[Tuple[Path, str]] = []
     visited = set()
+    top = os.path.realpath(root)
     skip = os.path.realpath(exclude) if exclude is not None else None
-    if skip is not None and _inside(os.path.realpath(root), skip):
+    if skip is not None and _inside(top, skip):
         skip = None  # the user pointed into the output tree on purpose
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in visited or (skip is not None and _inside(real, skip)):
-            # A symbolic-link loop, a folder reached twice, or our own output folder.
+            # A folder reached twice (two links to it), or our own output folder.
             dirnames[:] = []
             continue
         visited.add(real)
-        dirnames.sort()
+        dirnames[:] = [d for d in sorted(dirnames) if _may_enter(Path(dirpath) / d, real, top, root)]
         rel = os.path.relpath(dirpath, root)
         rel = "" if rel == "." else rel
         for name in sorted(filenames):
             if Path(name).suffix.lower() in MEDIA_EXTENSIONS and not name.startswith("."):
                 out.append((Path(dirpath) / name, rel))
     return out
+
+
+def _may_enter(folder: Path, parent_real: str, top: str, root: Path) -> bool:
+    """Whether the walk goes into `folder` (a sub-folder of one being walked, `parent_real`)."""
+    if not os.path.islink(folder):
+        return True  # a plain sub-folder is inside the tree by construction
+    target = os.path.realpath(folder)
+    if not _inside(target, top):
+        # Up past the top (e.g. `..` at the top: the whole parent tree) or elsewhere.
+        warnings.warn(f"{folder}: folder link skipped: it leads outside {root} (to {target})",
+                      RuntimeWarning, stacklevel=2)
+        return False
+    # Inside the tree. A loop back up to a folder being walked adds nothing (its files are
+    # being collected already): cut quietly. Any other linked folder is visited once.
+    return not _inside(parent_real, target)
 
 
 def plan(
@@ -288,7 +364,6 @@ def plan(
     are told apart by adding the input's extension to the later track's name,
     so nothing is ever overwritten by another input of the same run.
     """
-    output.validate()
     jobs: List[Job] = []
     missing: List[str] = []
     expanded = expand_inputs(inputs, missing, exclude=Path(output.out_dir))

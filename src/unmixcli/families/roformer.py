@@ -261,7 +261,8 @@ def load_roformer(ckpt_path, config_path, *, model_type: Optional[str] = None,
     contract = Contract(samplerate=samplerate, channels=int(model.audio_channels), sources=tuple(sources),
                         segment=segment, segment_rule="fixed", window="fade",
                         normalize=bool(inference.get("normalize", False)),
-                        overlap=1.0 - 1.0 / max(num_overlap, 1))
+                        overlap=1.0 - 1.0 / max(num_overlap, 1),
+                        bf16=False)  # complex rotary tables and out= matmuls into fp32 workspaces
     return ModelBag.single(
         model,
         name=name or Path(os.fspath(ckpt_path)).stem,

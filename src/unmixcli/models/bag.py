@@ -41,6 +41,10 @@ class Contract:
         around_forward: a context manager factory entered around each forward of
             this member (a bag's shorter segment lent to a "max" model, see
             `ModelBag`); None: nothing.
+        bf16: the member can run under bf16 autocast when asked (`--precision bf16`);
+            False: it always runs in fp32 (its kernels write into fp32 buffers).
+        auto_bf16: `--precision auto` gives it bf16 where bf16 is fast, because
+            bf16 was measured faster for it (HTDemucs); otherwise auto keeps fp32.
     """
 
     samplerate: int
@@ -53,6 +57,8 @@ class Contract:
     overlap: float = 0.25
     input_length: Optional[Callable[[int], int]] = field(default=None, compare=False)
     around_forward: Optional[Callable[[], ContextManager]] = field(default=None, compare=False)
+    bf16: bool = True
+    auto_bf16: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(self.sources))
@@ -64,6 +70,8 @@ class Contract:
             raise ValueError(f"segment must be positive, got {self.segment}")
         if self.samplerate <= 0 or self.channels <= 0 or not self.sources:
             raise ValueError("a contract needs a positive rate, channels and at least one source")
+        if self.auto_bf16 and not self.bf16:
+            raise ValueError("auto_bf16 needs bf16")
 
     @classmethod
     def describe(cls, model: nn.Module, *, window: str = "triangle", overlap: float = 0.25,

@@ -405,7 +405,7 @@ def test_pickle_that_would_run_code_is_refused(tmp_path, suffix):
         assert not (tmp_path / "out").exists()
     # The direct loader says why.
     from unmixcli.errors import CheckpointError
-    from unmixcli.families.roformer import read_state_dict
+    from unmixcli.families.msst import read_state_dict
 
     with pytest.raises(CheckpointError, match="refused"):
         read_state_dict(ckpt)

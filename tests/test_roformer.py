@@ -15,7 +15,8 @@ import torch
 
 from unmixcli.errors import CheckpointError
 from unmixcli.models import roformer as R
-from unmixcli.families.roformer import load_roformer, read_config
+from unmixcli.families.msst import read_config
+from unmixcli.families.roformer import load_roformer
 
 ref_bs = pytest.importorskip("bs_roformer.bs_roformer")
 ref_mel = pytest.importorskip("bs_roformer.mel_band_roformer")

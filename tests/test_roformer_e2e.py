@@ -341,7 +341,7 @@ def test_inline_config_and_registry_stem_spelling(tmp_path, fake_hub):
     fake_hub.add_repo("someone/Kara", files)
     import yaml
 
-    inline = yaml.load(BS_YAML, Loader=__import__("unmixcli.families.roformer", fromlist=["x"])._ConfigLoader)
+    inline = yaml.load(BS_YAML, Loader=__import__("unmixcli.families.msst", fromlist=["x"])._ConfigLoader)
     inline["model"]["freqs_per_bands"] = list(inline["model"]["freqs_per_bands"])  # registries are plain YAML
     entry = registry_entry("kara", "someone/Kara", files, stems=["vocals", "instrumental"], family="roformer",
                            arch="BSRoformer", checkpoint="kara.ckpt", config=inline)
@@ -418,7 +418,8 @@ def test_builtin_kim_inline_config_builds_the_published_architecture():
     """The inline config must describe a model whose keys and shapes are the released ones
     (checked on the meta device: no memory, no weights)."""
     from unmixcli.registry import load_registry
-    from unmixcli.families.roformer import config_from_mapping, model_kwargs
+    from unmixcli.families.msst import config_from_mapping
+    from unmixcli.families.roformer import model_kwargs
 
     spec = load_registry(include_user=False).get("kim-vocals")
     config = config_from_mapping(spec.config)

@@ -11,7 +11,8 @@ module with the functions below and one `Family` row:
     claims(folder) -> bool                       a folder layout of its own (asked only of rows
                                                  with `folder_suffixes`, when the folder has them)
     accepts(path) -> bool                        optional: whether a file with one of the
-                                                 row's `descriptors` suffixes is really its own
+                                                 row's `descriptors` suffixes is really its own,
+                                                 or which of the rows sharing a suffix loads it
 
 `stems` is the subset the caller will ask for (None: all); a family whose stems
 are separate networks builds only those.
@@ -243,10 +244,18 @@ def load_local(path: Union[str, os.PathLike], *, stems: Stems = None, **family_o
 
 
 def _family_for_file(path: Path) -> Family:
+    """The family that loads this file: the only one with its suffix, or, where several share
+    a suffix (the MSST families' `.ckpt`), the first whose module `accepts` it; if none does,
+    the first, which then says what is wrong with the file."""
     suffix = path.suffix.lower()
-    for family in FAMILIES.values():
-        if suffix in family.descriptors or suffix in family.suffixes:
-            return family
+    candidates = [f for f in FAMILIES.values() if suffix in f.descriptors or suffix in f.suffixes]
+    if len(candidates) > 1:
+        for family in candidates:
+            accepts = getattr(family.module(), "accepts", None)
+            if accepts is not None and accepts(path):
+                return family
+    if candidates:
+        return candidates[0]
     known = sorted({s for f in FAMILIES.values() for s in f.descriptors + f.suffixes})
     raise CheckpointError(f"unsupported model file type {path.suffix or '(no suffix)'!r}", path=path,
                           hint="supported: " + ", ".join(known))

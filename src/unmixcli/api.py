@@ -35,6 +35,8 @@ class Separator:
         overlap: overlap between chunks as a fraction (None: the model's default, 0.25 for Demucs).
         shifts: number of random time shifts averaged (more is slower, slightly better).
         seed: seed of the shifts, so results are reproducible.
+        tta: test-time augmentation as MSST does it (channels swapped, polarity inverted,
+            averaged with the plain result): three times the work.
         batch_size: chunks per forward call.
         precision: "auto" (default: bf16 for models measured faster in it, on devices that run
             it natively such as CPUs with AVX-512 BF16 or AMX; fp32 elsewhere), "fp32" or "bf16".
@@ -47,6 +49,7 @@ class Separator:
         stems: the stems you will ask for (default: all). Families whose stems are separate
             networks (Open-Unmix) then load only those (plus a residual stem, the mix minus
             them); others load whole and ignore it.
+        config: for a local MSST checkpoint (`.ckpt`), its YAML config when it is not beside it.
     """
 
     def __init__(
@@ -60,19 +63,22 @@ class Separator:
         seed: int = 0,
         batch_size: int = 1,
         precision: str = "auto",
+        tta: bool = False,
         offline: bool = False,
         registry_files: Sequence[str] = (),
         download_progress: Optional[Callable] = None,
         stems: Optional[Sequence[str]] = None,
+        config: Optional[str] = None,
     ):
         self.options = engine.EngineOptions(
-            segment=segment, overlap=overlap, shifts=shifts, seed=seed, batch_size=batch_size, precision=precision
+            segment=segment, overlap=overlap, shifts=shifts, seed=seed, batch_size=batch_size, precision=precision,
+            tta=tta,
         )
         self.device = engine.resolve_device(device)
         self.model_name = model
         self.bag = families.load_model(
             model, device=self.device, offline=offline, registry_files=registry_files, progress=download_progress,
-            stems=tuple(stems) if stems else None,
+            stems=tuple(stems) if stems else None, config=config,
         )
 
     @property

@@ -168,6 +168,10 @@ def separate_cmd(
     overlap: Optional[float] = typer.Option(None, "--overlap", help="Chunk overlap, 0 to 0.99 (default 0.25)."),
     shifts: int = typer.Option(0, "--shifts", help="Random time shifts averaged (slower, slightly better)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random shifts."),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation as MSST does it (channel swap, "
+                             "polarity inversion, averaged): 3x slower, slightly better."),
+    config: Optional[Path] = typer.Option(None, "--config", help="The YAML config of a local MSST checkpoint "
+                                          "given with -m (default: the one beside it)."),
     batch_size: int = typer.Option(1, "--batch-size", help="Chunks per forward call."),
     precision: str = typer.Option("auto", "--precision", help=_PRECISION_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: torch's choice)."),
@@ -193,11 +197,11 @@ def separate_cmd(
         )
         request = StemRequest(stems=_parse_stems(stems), karaoke=karaoke, instrumental=instrumental)
         engine_options = EngineOptions(segment=segment, overlap=overlap, shifts=shifts, seed=seed,
-                                       batch_size=batch_size, precision=precision)
+                                       batch_size=batch_size, precision=precision, tta=tta)
         reporter = _Reporter(json_events, quiet)
         with _sigterm_as_interrupt(), _warnings_as_lines():
             if dry_run:
-                _dry_run(inputs, model, registry, output, request, reporter)
+                _dry_run(inputs, model, registry, output, request, reporter, config)
                 return
             if threads:
                 import torch
@@ -208,7 +212,7 @@ def separate_cmd(
             sep = Separator(
                 model, device=device, **dataclasses.asdict(engine_options), offline=offline,
                 registry_files=[str(r) for r in registry], download_progress=reporter.download_progress(),
-                stems=request.needed(),
+                stems=request.needed(), config=None if config is None else str(config),
             )
             jobs = sep.plan(inputs, output, request)
             if not jobs:
@@ -223,7 +227,7 @@ def separate_cmd(
             raise typer.Exit(EXIT_FAILURE)
 
 
-def _dry_run(inputs, model: str, registry, output, request, reporter) -> None:
+def _dry_run(inputs, model: str, registry, output, request, reporter, config=None) -> None:
     """Print the plan without downloading anything: a registry entry names its stems; only a
     local model (no download involved) is opened to learn them."""
     from . import families
@@ -231,7 +235,7 @@ def _dry_run(inputs, model: str, registry, output, request, reporter) -> None:
 
     target = families.resolve(model, registry_files=[str(r) for r in registry])
     if isinstance(target, Path):
-        bag = families.load_model(str(target), device="cpu")
+        bag = families.load_model(str(target), device="cpu", config=None if config is None else str(config))
         name, sources = bag.name, bag.sources
     else:
         name, sources = target.name, list(target.stems)
@@ -692,6 +696,7 @@ def eval_cmd(
     segment: Optional[float] = typer.Option(None, "--segment", help="Seconds per chunk (default: the model's)."),
     overlap: Optional[float] = typer.Option(None, "--overlap", help="Chunk overlap (default: the model's)."),
     shifts: int = typer.Option(0, "--shifts", help="Random time shifts averaged."),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (MSST's): 3x slower."),
     precision: str = typer.Option("auto", "--precision", help=_PRECISION_HELP),
     offline: bool = typer.Option(False, "--offline", help="Cached models only."),
     registry: List[Path] = typer.Option([], "--registry", help="Extra registry YAML file(s)."),
@@ -703,7 +708,7 @@ def eval_cmd(
         from .evaluate import EvalOptions, evaluate
 
         # The same checks (and wording) as `unmix separate` and the API, before any model loads.
-        engine_options = EngineOptions(segment=segment, overlap=overlap, shifts=shifts, precision=precision)
+        engine_options = EngineOptions(segment=segment, overlap=overlap, shifts=shifts, precision=precision, tta=tta)
         options = EvalOptions(stems=_parse_stems(stems), subset=subset, track_names=_parse_stems(tracks),
                               fit_length=fit_length, overwrite=overwrite)
         separate_fn, wanted, label = None, options.stems, None
@@ -719,7 +724,8 @@ def eval_cmd(
             contracts = sep.bag.contracts
             ran = effective_precision(precision, sep.device, all(c.auto_bf16 for c in contracts),
                                       all(c.bf16 for c in contracts))
-            label = f"{sep.display_name} segment={segment} overlap={overlap} shifts={shifts} precision={ran}"
+            label = (f"{sep.display_name} segment={segment} overlap={overlap} shifts={shifts} precision={ran}"
+                     + (" tta" if tta else ""))
             name = sep.display_name
         else:
             name = estimates.name or "estimates"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 import os
 import random
@@ -67,6 +68,9 @@ class EngineOptions:
         precision: "fp32", "bf16" (autocast on CPU/CUDA, float16 on MPS), or "auto" (bf16
             where it is native and faster, else fp32; see `choose_precision`). The engine
             runs fp32 unless told otherwise; the command line and `api.Separator` pass "auto".
+        tta: test-time augmentation as MSST does it: each segment also goes in with its
+            channels swapped and with its polarity inverted, and the three results (brought
+            back) are averaged; three times the work.
     """
 
     segment: Optional[float] = None
@@ -75,6 +79,7 @@ class EngineOptions:
     seed: int = 0
     batch_size: int = 1
     precision: str = "fp32"
+    tta: bool = False
 
     def __post_init__(self) -> None:
         if self.segment is not None and not (_is_number(self.segment) and math.isfinite(self.segment)
@@ -92,6 +97,8 @@ class EngineOptions:
             raise UsageError(f"batch size must be a whole number >= 1, got {self.batch_size!r}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision {self.precision!r}", hint=f"use one of: {', '.join(PRECISIONS)}")
+        if not isinstance(self.tta, (bool, np.bool_)):
+            raise UsageError(f"tta must be true or false, got {self.tta!r}")
 
 
 def _is_number(value) -> bool:
@@ -828,6 +835,7 @@ class _StreamCore:
         self.progress = progress
         self.runner = _Runner(device, options.precision, options.batch_size)
         self.shifts = options.shifts
+        self.tta = bool(options.tta)
         stem_index = [bag.sources.index(s) for s in stems]
         members = bag.members_for(stems)
         self.members = members
@@ -904,7 +912,7 @@ class _StreamCore:
             inputs = torch.stack([self._segment_input(lane, n, length, start)
                                   for (_, n, length, start) in ready])  # [B, C, P]
             with plan.around_forward():
-                outputs = self.runner.forward(plan.model, inputs, plan.auto_bf16, plan.bf16)  # [B, S, C, P']
+                outputs = self._forward(plan, inputs)  # [B, S, C, P']
             for (offset, n, _, _), out in zip(ready, outputs):
                 # Filled segments keep the head of the output, context-padded ones its middle.
                 lo = 0 if plan.fill_short is not None else (out.shape[-1] - n) // 2
@@ -916,6 +924,22 @@ class _StreamCore:
             if total is not None and lane.next_offset >= total:
                 lane.done = True
             self._report()
+
+    def _forward(self, plan: _Plan, inputs: Tensor) -> Tensor:
+        """[B, C, P] -> [B, S, C, P']: one forward, or MSST's test-time augmentation.
+
+        With `tta`, the channels swapped and the polarity inverted go in as well; each
+        result is brought back (channels swapped again, sign flipped) and the three are
+        averaged, summed in MSST's order. Since overlap-add and the mix normalisation are
+        linear, averaging per segment equals MSST's averaging of three whole-track runs.
+        """
+        run = functools.partial(self.runner.forward, plan.model, auto_bf16=plan.auto_bf16, bf16=plan.bf16)
+        out = run(inputs)
+        if not self.tta:
+            return out
+        out = out + run(inputs.flip(1)).flip(2)
+        out = out - run(-inputs)
+        return out / 3
 
     def _segment_input(self, lane: _Lane, n: int, length: int, start: int) -> Tensor:
         """The model input [C, length] of a segment of n samples starting at lane position `start`."""

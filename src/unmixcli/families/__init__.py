@@ -29,7 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from ..errors import CheckpointError, ModelNotFoundError
+from ..errors import CheckpointError, ModelNotFoundError, UsageError
 
 Stems = Optional[Sequence[str]]
 
@@ -68,6 +68,8 @@ class Family:
             layout of the family's own: its module's `claims(folder)` decides.
         entry: what its registry entries must name.
         hint: what its local files look like (shown when a folder holds no model).
+        takes_config: its local files come with a YAML config that `--config` may name
+            (the MSST families: their `accepts` and `load_local` take `config=`).
     """
 
     name: str
@@ -78,6 +80,7 @@ class Family:
     folder_suffixes: Tuple[str, ...] = ()
     entry: EntryRule = EntryRule()
     hint: str = ""
+    takes_config: bool = False
 
 
 def _demucs() -> ModuleType:
@@ -104,7 +107,7 @@ _BUILTIN = (
            hint="<name>.yaml with its <sig>.safetensors files, or one .safetensors file"),
     Family("roformer", _roformer, archs=("BSRoformer", "MelBandRoformer", "bs_roformer", "mel_band_roformer"),
            suffixes=(".ckpt", ".pth"), entry=EntryRule(config="required", checkpoint=True),
-           hint="a RoFormer .ckpt/.pth with its YAML config"),
+           hint="a RoFormer .ckpt/.pth with its YAML config", takes_config=True),
     Family("openunmix", _openunmix, folder_suffixes=(".json", ".pth"), entry=EntryRule(config="mapping", weight_suffixes=(".pth",)),
            hint="Open-Unmix's <target>.json files with their <target>*.pth weights"),
 )
@@ -152,7 +155,7 @@ def resolve(ref: str, *, registry_files: Iterable[Union[str, os.PathLike]] = ())
 
 def load_model(ref: str, *, device: Any = None, offline: bool = False,
                registry_files: Iterable[Union[str, os.PathLike]] = (), progress: Any = None,
-               stems: Stems = None):
+               stems: Stems = None, config: Optional[Union[str, os.PathLike]] = None):
     """Load a model bag from a registry name or a local path.
 
     Args:
@@ -164,13 +167,17 @@ def load_model(ref: str, *, device: Any = None, offline: bool = False,
         progress: download progress, see `hub.fetch`.
         stems: the stems that will be asked for (None: all); families whose stems
             are separate networks load only those.
+        config: the YAML config of a local MSST checkpoint (default: the one beside it).
 
     Returns:
         a `ModelBag` whose members map `[B, C, T]` to `[B, S, C, T]`, in eval mode.
     """
     target = resolve(ref, registry_files=registry_files)
     if isinstance(target, Path):
-        bag = load_local(target, stems=stems)
+        bag = load_local(target, stems=stems, **({} if config is None else {"config": config}))
+    elif config is not None:
+        raise UsageError(f"--config applies to a local checkpoint; '{target.name}' is a registry model "
+                         "with its own config", hint="give -m the path of the checkpoint file")
     else:
         bag = load_spec(target, offline=offline, progress=progress, stems=stems)
     if device is not None:
@@ -239,11 +246,17 @@ def load_local(path: Union[str, os.PathLike], *, stems: Stems = None, **family_o
                 if module.claims(target):
                     return module.load_local(target, stems, **family_options)
         target = _pick_in_folder(target)
-    family = _family_for_file(target)
+    config = family_options.get("config")
+    if config is not None and not Path(config).is_file():
+        raise UsageError("no such config file", path=config, hint="--config names the checkpoint's YAML config")
+    family = _family_for_file(target, config)
+    if config is not None and not family.takes_config:
+        raise UsageError(f"--config applies to MSST checkpoints; {target.name} is a {family.name} model",
+                         path=target, hint="leave --config out")
     return family.module().load_local(target, stems, **family_options)
 
 
-def _family_for_file(path: Path) -> Family:
+def _family_for_file(path: Path, config: Any = None) -> Family:
     """The family that loads this file: the only one with its suffix, or, where several share
     a suffix (the MSST families' `.ckpt`), the first whose module `accepts` it; if none does,
     the first, which then says what is wrong with the file."""
@@ -252,7 +265,9 @@ def _family_for_file(path: Path) -> Family:
     if len(candidates) > 1:
         for family in candidates:
             accepts = getattr(family.module(), "accepts", None)
-            if accepts is not None and accepts(path):
+            if accepts is None:
+                continue
+            if accepts(path) if config is None else (family.takes_config and accepts(path, config)):
                 return family
     if candidates:
         return candidates[0]

@@ -60,6 +60,9 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 
 DEFAULT_SAMPLERATE = 44100
 
+# Where a config keeps the constructor arguments: `model`, or `kwargs` (BandIt v2's configs).
+MODEL_SECTIONS = ("model", "kwargs")
+
 _CONFIG_HINT = (
     "an MSST checkpoint needs the YAML config it was published with (audio/model/training "
     "sections); put it beside the checkpoint as {stem}.yaml"
@@ -101,7 +104,7 @@ def read_config(config_path) -> Dict[str, Any]:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise CheckpointError(f"the config is not valid YAML{where}: {problem}", path=path) from exc
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+    if not isinstance(data, dict) or not any(isinstance(data.get(k), dict) for k in MODEL_SECTIONS):
         raise CheckpointError("the config has no 'model' section", path=path,
                               hint="expected a Music-Source-Separation-Training config (audio/model/training)")
     return data
@@ -121,7 +124,7 @@ def config_from_mapping(data: Mapping) -> Dict[str, Any]:
         return value
 
     config = plain(data)
-    if not isinstance(config.get("model"), dict):
+    if not any(isinstance(config.get(k), dict) for k in MODEL_SECTIONS):
         raise CheckpointError("the inline config has no 'model' section",
                               hint="give the MSST sections audio/model/training/inference, as in a config YAML")
     return config
@@ -278,10 +281,12 @@ def load_checkpoint(family: str, ckpt_path, config, *, recognises: Callable, bui
         name: display name of the bag (default: the checkpoint's file stem).
     """
     config, config_path = load_config(config)
-    state = read_state_dict(ckpt_path)
+    if model_type in UNSUPPORTED:
+        raise _unsupported(model_type, config_path or ckpt_path)
     model_type = model_type or recognises(config)
     if model_type is None:
-        raise CheckpointError(f"the config does not describe a {family} model", path=config_path or ckpt_path)
+        raise not_recognised(config, config_path or ckpt_path)
+    state = read_state_dict(ckpt_path)
     try:
         model = build(config, model_type, config_path)
     except CheckpointError as exc:
@@ -309,6 +314,47 @@ def load_checkpoint(family: str, ckpt_path, config, *, recognises: Callable, bui
     )
 
 
+# --------------------------------------------------------------------------- model types we do not run
+
+#: MSST model types out of scope, and why (shown in one line when a config asks for one).
+UNSUPPORTED: Dict[str, str] = {
+    "bs_mamba2": "it needs mamba-ssm's CUDA-only kernels",
+    "segm_models": "it needs a third-party backbone (segmentation_models_pytorch)",
+    "torchseg": "it needs a third-party backbone (torchseg)",
+    "swin_upernet": "it needs a third-party backbone (a Swin transformer from transformers)",
+    "apollo": "it is an audio restoration model, not a separator",
+}
+
+
+def _unsupported_type(config: Dict[str, Any]) -> Optional[str]:
+    """The out-of-scope model type a config is written for, where its keys say so."""
+    model_cfg = config.get("model") or {}
+    if "num_repeat_mask" in model_cfg and "num_repeat_map" in model_cfg:
+        return "bs_mamba2"
+    if "encoder_name" in model_cfg and "decoder_type" in model_cfg:
+        return "segm_models / torchseg"
+    if {"sr", "win", "feature_dim", "layer"} <= set(model_cfg):
+        return "apollo"
+    return None
+
+
+def _unsupported(model_type: str, path: Any) -> CheckpointError:
+    why = UNSUPPORTED.get(model_type) or UNSUPPORTED.get(model_type.split(" ")[0], "")
+    return CheckpointError(f"MSST model type {model_type} is not supported: {why}", path=path,
+                           hint="use a model of a type unmix runs (unmix models list)")
+
+
+def not_recognised(config: Dict[str, Any], path: Any) -> CheckpointError:
+    """The error for a config no MSST family recognises: named when it is a type we leave out."""
+    kind = _unsupported_type(config)
+    if kind is not None:
+        return _unsupported(kind, path)
+    keys = summarise(sorted(config.get("model") or config.get("kwargs") or {}))
+    return CheckpointError(f"the config matches no MSST model type unmix runs (model keys: {keys})", path=path,
+                           hint="give the model type as `arch` in a registry entry, or check the config "
+                                "belongs to this checkpoint")
+
+
 # --------------------------------------------------------------------------- routing local files
 
 _CONFIGS: Dict[Tuple[str, float, int], Dict[str, Any]] = {}
@@ -332,3 +378,63 @@ def recognised_by(path: Path, recognises: Callable[[Dict[str, Any]], Optional[st
     except (CheckpointError, OSError):
         return False
     return recognises(config) is not None
+
+
+def recognised_with(path: Path, config, recognises: Callable[[Dict[str, Any]], Optional[str]]) -> bool:
+    """`recognised_by` with the config given (`--config`) instead of the one beside `path`."""
+    if config is None:
+        return recognised_by(path, recognises)
+    try:
+        data = load_config(config)[0]
+    except CheckpointError:
+        return False
+    return recognises(data) is not None
+
+
+class EntryPoints:
+    """The table's entry points of an MSST family, from its three functions.
+
+    A family module states `recognises`, `build` (and `contract_options`), then
+    `accepts, load_local, load_spec = msst.EntryPoints("name", ...).functions()`.
+
+    Args:
+        family: the row's name.
+        archs: registry `arch` values -> model types (an arch that is a model type maps to itself).
+    """
+
+    def __init__(self, family: str, *, recognises: Callable, build: Callable,
+                 contract_options: Optional[Callable] = None, archs: Optional[Mapping[str, str]] = None):
+        self.family = family
+        self.recognises = recognises
+        self.build = build
+        self.contract_options = contract_options
+        self.archs = dict(archs or {})
+
+    def load(self, ckpt_path, config, *, model_type: Optional[str] = None, name: Optional[str] = None) -> ModelBag:
+        return load_checkpoint(self.family, ckpt_path, config, recognises=self.recognises, build=self.build,
+                               contract_options=self.contract_options, model_type=model_type, name=name)
+
+    def accepts(self, path: Path, config=None) -> bool:
+        return recognised_with(path, config, self.recognises)
+
+    def load_local(self, path: Path, stems=None, config=None) -> ModelBag:
+        """A `.ckpt` / `.pth` with its MSST config (`config`, or the one beside it)."""
+        del stems  # one network computes every stem
+        return self.load(path, config if config is not None else config_for(Path(path)))
+
+    def load_spec(self, spec: Any, folder: Path, stems=None) -> ModelBag:
+        """Registry entry `spec`: `spec.checkpoint` with `spec.config` (a file among its files, or inline)."""
+        del stems
+        model_type = None
+        if spec.arch is not None:
+            model_type = self.archs.get(spec.arch)
+            if model_type is None and spec.arch in UNSUPPORTED:
+                raise _unsupported(spec.arch, spec.source)
+            if model_type is None:
+                raise CheckpointError(f"model '{spec.name}': unknown {self.family} arch {spec.arch!r}",
+                                      path=spec.source, hint="use one of: " + ", ".join(sorted(self.archs)))
+        config = spec.config if isinstance(spec.config, Mapping) else folder / spec.config
+        return self.load(folder / spec.checkpoint, config, model_type=model_type, name=spec.name)
+
+    def functions(self) -> Tuple[Callable, Callable, Callable]:
+        return self.accepts, self.load_local, self.load_spec

@@ -105,14 +105,15 @@ def load_roformer(ckpt_path, config_path, *, model_type: Optional[str] = None,
 # --------------------------------------------------------------------------------------
 
 
-def accepts(path: Path) -> bool:
-    return msst.recognised_by(path, recognises)
+def accepts(path: Path, config=None) -> bool:
+    return msst.recognised_with(path, config, recognises)
 
 
-def load_local(path: Path, stems=None) -> ModelBag:
-    """A `.ckpt` / `.pth` with its MSST config beside it (one network computes every stem)."""
+def load_local(path: Path, stems=None, config=None) -> ModelBag:
+    """A `.ckpt` / `.pth` with its MSST config (`config`, or the one beside it); one network
+    computes every stem."""
     del stems
-    return load_roformer(path, msst.config_for(Path(path)))
+    return load_roformer(path, config if config is not None else msst.config_for(Path(path)))
 
 
 def load_spec(spec: Any, folder: Path, stems=None) -> ModelBag:

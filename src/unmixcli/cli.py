@@ -599,7 +599,8 @@ def models_info_cmd(
             p(f"source:       https://huggingface.co/{spec.repo} (revision {spec.revision})", highlight=False)
         for f in spec.files:
             if f.url is not None:
-                p(f"source:       {f.url}", highlight=False)
+                pin = ("  (no sha256 published: checked against its first download)" if f.trust_first else "")
+                p(f"source:       {f.url}{pin}", highlight=False)
         p(f"download:     {_fmt_bytes(spec.download_size)}; quantized: {spec.quantized or 'no'}", highlight=False)
         if spec.sdr is not None:
             per_stem = ", ".join(f"{k} {v:.2f}" for k, v in spec.sdr.stems.items())

@@ -276,6 +276,8 @@ def verify_file(path: Union[str, Path], file: FileSpec, expected_size: Optional[
             return problem
 
     etag = blob.name.lower()
+    if file.url is not None and file.trust_first:
+        return _check_first_download(path, blob, st, file)
     if file.sha256:
         algorithm, want_hash = "sha256", file.sha256
     elif file.hash_prefix:
@@ -299,6 +301,26 @@ def verify_file(path: Union[str, Path], file: FileSpec, expected_size: Optional[
         label = "git blob id" if algorithm == "git-sha1" else "sha256"
         return f"its {label} is {got[:12]}…, expected {want_hash[:12]}…"
     _write_stamp(stamp_file, key, fingerprint)
+    return None
+
+
+def _check_first_download(path: Path, blob: Path, st: os.stat_result, file: FileSpec) -> Optional[str]:
+    """A URL file with no published hash: the sha256 of its first complete download is recorded
+    (beside the file, under `<name>@first`); every later use must match it."""
+    stamp_file = _url_folder_of(path, file) / _STAMP_FILE
+    stamps = _read_stamps(stamp_file)
+    recorded = stamps.get(file.name + "@first")
+    fingerprint = [st.st_size, st.st_mtime_ns, st.st_ino, "sha256-first", recorded]
+    if recorded is not None and stamps.get(file.name) == fingerprint:
+        return None
+    got = _hash_file(blob, "sha256")
+    if recorded is None:
+        _write_stamp(stamp_file, file.name + "@first", got)
+        recorded = got
+    elif got != recorded:
+        return (f"its sha256 is {got[:12]}…, not the {recorded[:12]}… of its first download "
+                "(no hash is published for this file)")
+    _write_stamp(stamp_file, file.name, [st.st_size, st.st_mtime_ns, st.st_ino, "sha256-first", recorded])
     return None
 
 
@@ -542,6 +564,8 @@ def _url_pin(file: FileSpec) -> Tuple[str, str]:
 
 def _remember_verified(target: Path, file: FileSpec) -> None:
     """Stamp a file whose hash was just checked, as verify_file would, so it is not hashed again."""
+    if file.trust_first:
+        return  # nothing was checked while downloading: verify_file records or compares it
     try:
         st = target.stat()
     except OSError:

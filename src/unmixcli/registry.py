@@ -56,7 +56,9 @@ class FileSpec:
 
     `size` (bytes), `sha256` and `hash_prefix` (the leading hex digits of the
     sha256, as a torch.hub file name carries them) are pins when given. A URL
-    file always has one of the two hashes: a plain URL has no other integrity check.
+    file has one of the two hashes, or says `sha256: unpublished` (`trust_first`):
+    no hash is published for it (most GitHub release files), so the sha256 of the
+    first complete download is recorded and every later use is checked against it.
     """
 
     name: str
@@ -64,6 +66,7 @@ class FileSpec:
     sha256: Optional[str] = None
     url: Optional[str] = None
     hash_prefix: Optional[str] = None
+    trust_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ class ModelSpec:
             "repo": self.repo,
             "revision": self.revision,
             "files": [{"name": f.name, "size": f.size, "sha256": f.sha256, "url": f.url,
-                       "hash_prefix": f.hash_prefix} for f in self.files],
+                       "hash_prefix": f.hash_prefix, "trust_first": f.trust_first} for f in self.files],
             "bag": self.bag,
             "config": config,
             "checkpoint": self.checkpoint,
@@ -488,6 +491,9 @@ def _parse_files(e: _Entry) -> List[FileSpec]:
             raise e.fail(key, f"'name' must be a relative file path inside the repo, got {fname!r}")
         size = e.int_(f"{key}.size", item.get("size"), what="a size in bytes")
         sha = item.get("sha256")
+        trust_first = sha == "unpublished"
+        if trust_first:
+            sha = None
         if sha is not None:
             if not isinstance(sha, str) or not _SHA256_RE.match(sha.lower()):
                 raise e.fail(f"{key}.sha256", "must be a full sha256 (64 hex digits)")
@@ -503,9 +509,13 @@ def _parse_files(e: _Entry) -> List[FileSpec]:
         if url is not None:
             if not isinstance(url, str) or not _URL_RE.match(url):
                 raise e.fail(f"{key}.url", f"must be an http(s) URL, got {url!r}")
-            if sha is None and prefix is None:
-                raise e.fail(key, "a file with a URL needs a 'sha256' (or the torch.hub 'hash_prefix')")
-        files.append(FileSpec(name=fname, size=size, sha256=sha, url=url, hash_prefix=prefix))
+            if sha is None and prefix is None and not trust_first:
+                raise e.fail(key, "a file with a URL needs a 'sha256' (or the torch.hub 'hash_prefix', "
+                                  "or 'sha256: unpublished' where none is published)")
+        elif trust_first:
+            raise e.fail(f"{key}.sha256", "'unpublished' is for URL files (Hub files have the Hub's own hash)")
+        files.append(FileSpec(name=fname, size=size, sha256=sha, url=url, hash_prefix=prefix,
+                              trust_first=trust_first))
     names = [f.name for f in files]
     if len(set(names)) != len(names):
         raise e.fail("files", "lists a file twice")

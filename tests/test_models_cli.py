@@ -6,25 +6,11 @@ import json
 import subprocess
 import sys
 
-from typer.testing import CliRunner
-
+from conftest import run_unmix as _run, stderr_of as _stderr
 from fakehub import write_registry
-from unmixcli import cli, hub
+from unmixcli import hub
 
 PUBLISHED = ["htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "mdx", "mdx_extra", "mdx_q", "mdx_extra_q"]
-
-
-def _run(*args):
-    result = CliRunner().invoke(cli.app, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
-
-
-def _stderr(result) -> str:
-    try:
-        return result.stderr
-    except ValueError:  # older Click mixes the streams
-        return result.output
 
 
 def test_list_json_parses_and_reports_the_cache(published_model):
@@ -46,8 +32,8 @@ def test_list_table_shows_the_columns_users_need(hf_env):
     result = _run("models", "list")
     assert result.exit_code == 0
     out = result.stdout
-    # (headers may wrap at the 80 columns of a non-terminal)
-    for header in ("name", "stems", "size", "quantized", "published", "SDR", "licence", "cached"):
+    # (quantization and where a score comes from moved to `models info` to fit 80 columns)
+    for header in ("name", "stems", "size", "SDR", "licence", "cached"):
         assert header in out
     for name in PUBLISHED:
         assert name in out
@@ -144,3 +130,19 @@ def test_invalid_registry_file_is_one_line_error(hf_env, tmp_path):
     err = _stderr(result)
     assert err.startswith("error: ") and "model 'x': field 'repo'" in err and str(bad) in err
     assert "Traceback" not in err
+
+
+def test_list_groups_models_by_purpose_within_80_columns(hf_env, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = subprocess.run([sys.executable, "-m", "unmixcli", "models", "list"], capture_output=True, text=True,
+                            env={**__import__("os").environ, "COLUMNS": "80"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    titles = [line for line in lines if line and not line.startswith((" ", "name", "*")) and "  " not in line]
+    assert titles[:2] == ["4 stems (drums, bass, other, vocals)", "6 stems (+ guitar, piano)"]
+    assert "karaoke (lead / backing vocals)" in titles and titles.index("speech") > titles.index("vocals / instrumental")
+    karaoke = lines.index("karaoke (lead / backing vocals)")
+    assert lines[karaoke + 2].startswith("bs-karaoke")
+    info = json.loads(_run("models", "info", "bs-karaoke", "--json").stdout)
+    assert info["purpose"] == "karaoke"

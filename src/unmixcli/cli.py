@@ -514,6 +514,19 @@ def _fmt_bytes(n: Optional[int]) -> str:
     return f"{n} B"
 
 
+def _fmt_sdr_short(spec) -> str:
+    """The published overall SDR in dB, or the first stem's ("vocals 10.98"), or n/a."""
+    sdr = spec.sdr
+    if sdr is None:
+        return "n/a"
+    if sdr.value is not None:
+        return f"{sdr.value:.2f}"
+    if sdr.stems:
+        stem, value = next(iter(sdr.stems.items()))
+        return f"{stem[:3]} {value:.2f}"
+    return "n/a"
+
+
 def _fmt_sdr(spec, long: bool = False) -> str:
     if spec.sdr is None:
         return "-"
@@ -551,21 +564,30 @@ def models_list_cmd(
             return
         from rich.table import Table
 
-        table = Table(show_edge=False, header_style="bold")
-        for col in ("name", "stems", "size", "quantized", "published SDR", "licence", "cached"):
-            table.add_column(col, justify="right" if col == "size" else "left", no_wrap=col == "name")
-        for spec, row in zip(reg, rows):
-            name = spec.name + (" *" if row["default"] else "")
-            table.add_row(
-                name, ", ".join(spec.stems), _fmt_bytes(spec.download_size), spec.quantized or "no",
-                _fmt_sdr(spec), spec.licence, row["cached"],
-            )
-        out_console.print(table)
+        from .registry import PURPOSES
+
+        # Grouped by what the models are for, one table per group with the same column widths,
+        # 79 characters in all (the dataset of a score, quantization and licence terms are in
+        # `models info`).
+        widths = (("name", 16, "left"), ("stems", 23, "left"), ("size", 7, "right"), ("SDR", 10, "right"),
+                  ("licence", 11, "left"), ("cached", 7, "left"))
+        ordered = sorted(zip(reg, rows), key=lambda pair: list(PURPOSES).index(pair[0].purpose))
+        for purpose in dict.fromkeys(spec.purpose for spec, _ in ordered):
+            table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1),
+                          title=PURPOSES[purpose], title_justify="left", title_style="bold")
+            for col, width, justify in widths:
+                table.add_column(col, width=width, justify=justify, overflow="fold")
+            for spec, row in ordered:
+                if spec.purpose == purpose:
+                    table.add_row(spec.name + (" *" if row["default"] else ""), ", ".join(spec.stems),
+                                  _fmt_bytes(spec.download_size), _fmt_sdr_short(spec), spec.licence,
+                                  row["cached"])
+            out_console.print(table)
         out_console.print(
-            "* default. Weights download on first use, from the Hugging Face Hub or the URL the entry names "
-            "(`unmix models download NAME` to prefetch); `unmix models info NAME` shows licence terms, "
-            "sources and where scores come from.",
-            highlight=False,
+            "* default. Weights download on first use, from the Hugging Face Hub or the URL\n"
+            "the entry names (`unmix models download NAME` to prefetch). `unmix models info\n"
+            "NAME` shows licence terms, sources and where scores come from.",
+            highlight=False, soft_wrap=True,
         )
 
 

@@ -44,7 +44,36 @@ _URL_RE = re.compile(r"^https?://[^\s/]+/\S*$")
 _ENTRY_KEYS = {
     "family", "description", "repo", "revision", "files", "bag", "config", "checkpoint", "arch",
     "stems", "sample_rate", "download_size", "quantized", "licence", "licence_note", "sdr", "extra",
+    "purpose",
 }
+
+#: What a model is for (`purpose`), in the order `unmix models list` groups them, with titles.
+PURPOSES: Dict[str, str] = {
+    "4-stem": "4 stems (drums, bass, other, vocals)",
+    "6-stem": "6 stems (+ guitar, piano)",
+    "vocals": "vocals / instrumental",
+    "karaoke": "karaoke (lead / backing vocals)",
+    "restoration": "de-reverb, denoise, crowd removal",
+    "dialogue": "dialogue / music / effects",
+    "speech": "speech",
+    "other": "other",
+}
+
+
+def purpose_from_stems(stems: Sequence[str]) -> str:
+    """The purpose of an entry that names none, from its stems."""
+    names = {s.lower() for s in stems}
+    if names & {"dialog", "dialogue"} or {"speech", "music"} <= names:
+        return "dialogue"
+    if "speech" in names:
+        return "speech"
+    if len(names) == 6 and {"guitar", "piano"} <= names:
+        return "6-stem"
+    if {"drums", "bass", "other", "vocals"} <= names:
+        return "4-stem"
+    if names & {"vocals", "instrumental"}:
+        return "vocals"
+    return "other"
 _FILE_KEYS = {"name", "size", "sha256", "hash_prefix", "url"}
 _SDR_KEYS = {"value", "dataset", "source", "stems", "note"}
 _TOP_KEYS = {"version", "default", "models"}
@@ -103,6 +132,7 @@ class ModelSpec:
     sdr: Optional[SdrInfo] = None
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     source: Optional[str] = None  # the registry file this entry came from
+    purpose: str = "other"  # a key of PURPOSES
 
     @property
     def filenames(self) -> Tuple[str, ...]:
@@ -132,6 +162,7 @@ class ModelSpec:
             "description": self.description,
             "repo": self.repo,
             "revision": self.revision,
+            "purpose": self.purpose,
             "files": [{"name": f.name, "size": f.size, "sha256": f.sha256, "url": f.url,
                        "hash_prefix": f.hash_prefix, "trust_first": f.trust_first} for f in self.files],
             "bag": self.bag,
@@ -408,6 +439,11 @@ def _parse_entry(name: Any, raw: Any, path: Path) -> ModelSpec:
     extra = raw.get("extra") or {}
     if not isinstance(extra, dict):
         raise e.fail("extra", "must be a mapping")
+    purpose = raw.get("purpose")
+    if purpose is None:
+        purpose = purpose_from_stems(stems_raw)
+    elif purpose not in PURPOSES:
+        raise e.fail("purpose", f"must be one of {', '.join(PURPOSES)}, got {purpose!r}")
 
     return ModelSpec(
         name=name,
@@ -429,6 +465,7 @@ def _parse_entry(name: Any, raw: Any, path: Path) -> ModelSpec:
         sdr=sdr,
         extra=MappingProxyType(dict(extra)),
         source=str(path),
+        purpose=purpose,
     )
 
 

@@ -129,3 +129,63 @@ def published_model(fake_hub, tmp_path):
     reg_file = write_registry(tmp_path / "test-registry.yaml", {"tiny": registry_entry("tiny", repo, files)})
     spec = load_registry([reg_file]).get("tiny")
     return SimpleNamespace(spec=spec, files=files, registry=reg_file, repo=repo, hub=fake_hub)
+
+# ============================================================================
+# A tiny runnable model for CLI and API runs (tests/demucs_export.py): one per
+# test module, like the modules that define their own.
+# ============================================================================
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A bag of one tiny HTDemucs (8 kHz) in the published layout: tiny.yaml + <sig>.safetensors."""
+    from demucs_export import export_tiny
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    export_tiny(folder, "tiny")
+    return folder
+
+# ============================================================================
+# Plain helpers that test modules import (`from conftest import run_unmix`):
+# `unmix` runs in-process, and a progress class of the kind hub.fetch takes.
+# ============================================================================
+
+
+def run_unmix(*args):
+    """`unmix <args>` through Click's runner; an exception other than SystemExit fails the test."""
+    from typer.testing import CliRunner
+
+    from unmixcli import cli
+
+    result = CliRunner().invoke(cli.app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def stderr_of(result) -> str:
+    try:
+        return result.stderr
+    except ValueError:  # older Click mixes the streams
+        return result.output
+
+
+def tqdm_like():
+    """A tqdm-like class (what `hub.fetch(progress=...)` accepts besides a callback) and the list
+    that collects its instances, each with `.total` and the `.n` it reached."""
+    made = []
+
+    class Bar:
+        def __init__(self, *args, total=None, initial=0, **kwargs):
+            self.total, self.n = total, initial
+            made.append(self)
+
+        def update(self, n=1):
+            self.n += n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    return Bar, made

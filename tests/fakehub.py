@@ -32,15 +32,13 @@ import hashlib
 import json
 import re
 import socket
-import threading
-import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import unquote, urlsplit
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+from urllib.parse import unquote
+
+from loopback import Fault, LoopbackHandler, LoopbackServer
 
 LFS_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pth", ".th", ".onnx")
-CHUNK = 64 * 1024
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -53,72 +51,18 @@ class _Repo:
     commits: Dict[str, Dict[str, bytes]] = field(default_factory=dict)  # commit -> files
 
 
-@dataclass
-class _Fault:
-    status: Optional[int] = None  # answer with this status...
-    cut_after: Optional[int] = None  # ...or drop the connection after this many body bytes
-    times: Optional[int] = None  # for this many matching requests (None: always)
-    methods: Tuple[str, ...] = ("HEAD", "GET")
+class FakeHub(LoopbackServer):
+    """The server. `start()` / `stop()` (or use as a context manager); `url` is its endpoint.
 
+    No lifetime: the `fake_hub` fixture stops it; `stop()` makes a Hub that is down.
+    """
 
-class FakeHub:
-    """The server. `start()` / `stop()` (or use as a context manager); `url` is its endpoint."""
+    thread_name = "fakehub"
 
     def __init__(self) -> None:
+        super().__init__()
         self._repos: Dict[str, _Repo] = {}
-        self._faults: Dict[Tuple[str, Optional[str]], List[_Fault]] = {}
-        self._lock = threading.Lock()
         self._commit_counter = 0
-        self.requests: List[Tuple[str, str, Optional[str]]] = []
-        self.chunk_delay = 0.0
-        self._server: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
-        self._connections: set = set()
-
-    # ------------------------------------------------------------------ control
-
-    def start(self) -> "FakeHub":
-        hub = self
-
-        class Handler(_Handler):
-            fake = hub
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fakehub", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening: later requests get 'connection refused' (a Hub that is down)."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        # Clients keep HTTP/1.1 connections alive: close those too, or a "down" hub still answers.
-        with self._lock:
-            connections, self._connections = list(self._connections), set()
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def __enter__(self) -> "FakeHub":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "start() the hub first"
-        return self._server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     # ------------------------------------------------------------------ content
 
@@ -150,70 +94,31 @@ class FakeHub:
     def fail(self, repo_id: str, filename: Optional[str] = None, status: int = 500,
              times: Optional[int] = None, methods: Sequence[str] = ("HEAD", "GET")) -> None:
         """Answer `status` to requests for `filename` (any file if None) of `repo_id`."""
-        with self._lock:
-            self._faults.setdefault((repo_id, filename), []).append(
-                _Fault(status=status, times=times, methods=tuple(methods)))
+        self._add_fault((repo_id, filename), Fault(status=status, times=times, methods=tuple(methods)))
 
     def cut(self, repo_id: str, filename: str, after: int, times: Optional[int] = 1) -> None:
         """Send only `after` body bytes of the next `times` GETs of the file, then drop the connection."""
-        with self._lock:
-            self._faults.setdefault((repo_id, filename), []).append(
-                _Fault(cut_after=after, times=times, methods=("GET",)))
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
+        self._add_fault((repo_id, filename), Fault(cut_after=after, times=times, methods=("GET",)))
 
     def count(self, method: str, filename: str) -> int:
         """How many `method` requests were made for a file (any repo), Range or not."""
         return sum(1 for m, p, _ in self.requests if m == method and p.endswith("/" + filename))
 
-    def _take_fault(self, repo_id: str, filename: Optional[str], method: str) -> Optional[_Fault]:
-        with self._lock:
-            for key in ((repo_id, filename), (repo_id, None)):
-                for fault in self._faults.get(key, []):
-                    if method in fault.methods and (fault.times is None or fault.times > 0):
-                        if fault.times is not None:
-                            fault.times -= 1
-                        return fault
-        return None
+    def _take_fault_for(self, repo_id: str, filename: Optional[str], method: str) -> Optional[Fault]:
+        """A fault for this file first, then one for any file of the repo."""
+        return self._take_fault(((repo_id, filename), (repo_id, None)), method)
 
 
 _RESOLVE_RE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 _API_RE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/(?P<kind>revision|tree)/(?P<rev>[^/]+)(?P<sub>/.*)?)?$")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    fake: FakeHub
-
-    def log_message(self, format, *args):  # keep test output quiet
-        pass
-
-    def setup(self) -> None:
-        super().setup()
-        with self.fake._lock:
-            self.fake._connections.add(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.fake._lock:
-                self.fake._connections.discard(self.connection)
-
-    def do_HEAD(self) -> None:
-        self._route("HEAD")
-
-    def do_GET(self) -> None:
-        self._route("GET")
+class _Handler(LoopbackHandler):
+    owner: FakeHub
 
     # ------------------------------------------------------------------ routing
 
-    def _route(self, method: str) -> None:
-        path = unquote(urlsplit(self.path).path)
-        with self.fake._lock:
-            self.fake.requests.append((method, path, self.headers.get("Range")))
+    def serve(self, method: str, path: str) -> None:
         m = _RESOLVE_RE.match(path)
         if m:
             return self._resolve(method, m["repo"], unquote(m["rev"]), m["path"])
@@ -223,7 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, "Not Found", {})
 
     def _lookup(self, repo_id: str, rev: str) -> Tuple[Optional[str], Optional[Dict[str, bytes]]]:
-        repo = self.fake._repos.get(repo_id)
+        repo = self.owner._repos.get(repo_id)
         if repo is None:
             self._error(404, "Repository not found", {"X-Error-Code": "RepoNotFound"})
             return None, None
@@ -234,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
         return commit, repo.commits[commit]
 
     def _resolve(self, method: str, repo_id: str, rev: str, filename: str) -> None:
-        fault = self.fake._take_fault(repo_id, filename, method)
+        fault = self.owner._take_fault_for(repo_id, filename, method)
         if fault is not None and fault.status is not None:
             return self._error(fault.status, "injected failure", {})
         commit, files = self._lookup(repo_id, rev)
@@ -275,33 +180,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if method == "HEAD":
             return
-        self._send_body(body, fault.cut_after if fault is not None else None)
-
-    def _send_body(self, body: bytes, cut_after: Optional[int]) -> None:
-        limit = len(body) if cut_after is None else min(cut_after, len(body))
-        sent = 0
-        try:
-            while sent < limit:
-                piece = body[sent:min(sent + CHUNK, limit)]
-                self.wfile.write(piece)
-                sent += len(piece)
-                if self.fake.chunk_delay:
-                    self.wfile.flush()
-                    time.sleep(self.fake.chunk_delay)
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-            return
-        if cut_after is not None and limit < len(body):
-            # Promised Content-Length bytes, sent fewer: the client sees a truncated body.
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self.send_body(body, fault.cut_after if fault is not None else None)
 
     def _api(self, repo_id: str, kind: Optional[str], rev: str) -> None:
-        fault = self.fake._take_fault(repo_id, None, "GET")
+        fault = self.owner._take_fault_for(repo_id, None, "GET")
         if fault is not None and fault.status is not None:
             return self._error(fault.status, "injected failure", {})
         commit, files = self._lookup(repo_id, rev)
@@ -342,6 +224,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _error(self, status: int, message: str, headers: Mapping[str, str]) -> None:
         self._json(status, {"error": message}, {**headers, "X-Error-Message": message})
+
+
+FakeHub.handler = _Handler  # (defined after the server it answers for)
 
 
 def closed_port_url() -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tqdm_like
 from fakehub import fake_safetensors, publish_bag, registry_entry, write_registry
 from unmixcli import hub
 from unmixcli.errors import DownloadError, ModelNotFoundError, OfflineError
@@ -60,22 +61,7 @@ def test_online_reuse_downloads_nothing_again(published_model):
 
 
 def test_tqdm_like_class_is_accepted(published_model):
-    made = []
-
-    class Bar:
-        def __init__(self, *args, total=None, initial=0, **kwargs):
-            self.total, self.n = total, initial
-            made.append(self)
-
-        def update(self, n=1):
-            self.n += n
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            pass
-
+    Bar, made = tqdm_like()
     hub.fetch(published_model.spec, progress=Bar)
     assert sorted(b.n for b in made) == sorted(len(d) for d in published_model.files.values())
 

@@ -13,10 +13,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
+from conftest import run_unmix as _run, stderr_of as _stderr, tqdm_like
 from fakehub import closed_port_url, fake_safetensors, publish_bag, write_registry
-from unmixcli import cli, hub
+from unmixcli import hub
 from unmixcli.errors import CacheError, DownloadError, OfflineError
 from unmixcli.registry import load_registry
 from urlserver import FileServer
@@ -134,22 +134,7 @@ def test_verified_file_is_not_hashed_again_until_it_changes(server, tmp_path, mo
 
 def test_tqdm_like_class_is_accepted(server, tmp_path):
     spec, files, _, _ = publish(server, tmp_path)
-    made = []
-
-    class Bar:
-        def __init__(self, *args, total=None, initial=0, **kwargs):
-            self.total, self.n = total, initial
-            made.append(self)
-
-        def update(self, n=1):
-            self.n += n
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            pass
-
+    Bar, made = tqdm_like()
     hub.fetch(spec, progress=Bar)
     assert sorted((b.n, b.total) for b in made) == sorted((len(d), len(d)) for d in files.values())
 
@@ -456,19 +441,6 @@ def test_two_processes_fetching_the_same_url_file_download_it_once(server, tmp_p
 
 
 # --------------------------------------------------------------------------- CLI and loading
-
-
-def _run(*args):
-    result = CliRunner().invoke(cli.app, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
-
-
-def _stderr(result) -> str:
-    try:
-        return result.stderr
-    except ValueError:  # older Click mixes the streams
-        return result.output
 
 
 def test_models_download_list_and_remove_through_the_cli(server, tmp_path):

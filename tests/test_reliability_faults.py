@@ -32,18 +32,11 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from demucs_export import export_tiny
 from unmixcli import audio, cli
 
 MODEL_RATE = 8000
 STEMS = ("drums", "bass", "other", "vocals")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    export_tiny(folder, "tiny")
-    return folder
+# The tiny model these runs use is conftest.py's `model_dir` fixture (one export per module).
 
 
 def song(path: Path, seconds: float, rate: int = MODEL_RATE, seed: int = 0) -> Path:

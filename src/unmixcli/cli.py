@@ -628,6 +628,10 @@ def models_info_cmd(
             per_stem = ", ".join(f"{k} {v:.2f}" for k, v in spec.sdr.stems.items())
             p(f"published SDR: {_fmt_sdr(spec, long=True)}" + (f"; {per_stem}" if per_stem else ""), highlight=False)
             p(f"  source:     {spec.sdr.source}", highlight=False)
+        unconfirmed = spec.extra.get("unconfirmed")
+        if unconfirmed:
+            p(f"unconfirmed:  {unconfirmed} (the loader stops in one line if the real file disagrees)",
+              highlight=False)
         p(f"licence:      {spec.licence}", highlight=False)
         if spec.licence_note:
             p(f"  {spec.licence_note}", highlight=False)

@@ -226,6 +226,12 @@ def stem_names(config: Dict[str, Any], num_stems: int) -> Tuple[List[str], List[
     return names, instruments or names
 
 
+def chunk_size_of(config: Dict[str, Any]) -> Optional[int]:
+    """Samples per forward as MSST's `demix` takes them: `inference.chunk_size`, else `audio.chunk_size`."""
+    chunk = (config.get("inference") or {}).get("chunk_size") or (config.get("audio") or {}).get("chunk_size")
+    return int(chunk) if chunk else None
+
+
 def samplerate_of(config: Dict[str, Any]) -> int:
     audio = config.get("audio") or {}
     return int((config.get("model") or {}).get("sample_rate") or audio.get("sample_rate") or DEFAULT_SAMPLERATE)
@@ -253,10 +259,9 @@ def load_strict(model: torch.nn.Module, state: Dict[str, torch.Tensor], *, what:
 
 def contract_for(config: Dict[str, Any], *, channels: int, sources, **overrides: Any) -> Contract:
     """MSST's generic `demix` recipe as a contract (see the module docstring)."""
-    audio = config.get("audio") or {}
     inference = config.get("inference") or {}
     samplerate = samplerate_of(config)
-    chunk_size = audio.get("chunk_size")
+    chunk_size = chunk_size_of(config)
     num_overlap = int(inference.get("num_overlap", 4) or 1)
     fields = dict(samplerate=samplerate, channels=int(channels), sources=tuple(sources),
                   segment=float(chunk_size) / samplerate if chunk_size else None,
@@ -297,7 +302,6 @@ def load_checkpoint(family: str, ckpt_path, config, *, recognises: Callable, bui
     instruments = stem_names(config, len(sources))[1]
     overrides = contract_options(config, model_type) if contract_options is not None else {}
     contract = contract_for(config, channels=model.audio_channels, sources=sources, **overrides)
-    audio = config.get("audio") or {}
     inference = config.get("inference") or {}
     return ModelBag.single(
         model,
@@ -306,7 +310,7 @@ def load_checkpoint(family: str, ckpt_path, config, *, recognises: Callable, bui
         extra={
             "family": family,
             "model_type": model_type,
-            "chunk_size": int(audio["chunk_size"]) if audio.get("chunk_size") else None,
+            "chunk_size": chunk_size_of(config),
             "num_overlap": int(inference.get("num_overlap", 4) or 1),
             "instruments": instruments,
             "target_instrument": (config.get("training") or {}).get("target_instrument"),

@@ -23,7 +23,7 @@ Shapes: B batch, S stems, C audio channels, T samples, F bins, N frames.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch.nn import functional as F

@@ -330,11 +330,27 @@ def fade_window(length: int, first: bool, last: bool) -> Tensor:
     fade = length // 10
     window = torch.ones(length, dtype=torch.float32)
     if fade > 0:
-        if not first:
-            window[:fade] = torch.linspace(0, 1, fade)
-        if not last:
-            window[-fade:] = torch.linspace(1, 0, fade)
+        window[:fade] = torch.linspace(0, 1, fade)
+        window[-fade:] = torch.linspace(1, 0, fade)
+        # MSST's if/elif: a segment that is both (a one-segment track) only loses its fade-in.
+        if first:
+            window[:fade] = 1
+        elif last:
+            window[-fade:] = 1
     return window
+
+
+def msst_fade_edges(index: int, count: Optional[int], batch: int) -> Tuple[bool, bool]:
+    """(first, last) for `fade_window` of segment `index` of `count`, as MSST's `demix` decides.
+
+    MSST decides once per batch of `batch` consecutive segments (its inference.batch_size),
+    after running it: "first" when the batch ends with segment 0 (so only with batch 1, or a
+    one-segment track), otherwise "last" for every segment of the track's final batch.
+    `count` None: the track is known to go on past this segment's batch.
+    """
+    if index == 0 and (batch == 1 or count == 1):
+        return True, False
+    return False, count is not None and index // batch == (count - 1) // batch
 
 
 # A window function takes (segment length, is the track's first segment, is the
@@ -370,6 +386,9 @@ class EdgeRule:
             end) are padded to the full length by this function [C, n] -> [C, N]
             and the first n output samples are kept; otherwise the model gets
             the short segment (with the plan's context rule).
+        edges: (segment index, segment count or None while the track may go on past the
+            index's window batch, window batch) -> the (first, last) flags of its window;
+            None: first is segment 0, last the final segment.
         exact_samples: segment and stride are whole numbers of samples in the
             recipe (MSST's chunk_size and chunk_size // num_overlap), so seconds
             are converted back to the nearest whole sample when float error
@@ -379,6 +398,7 @@ class EdgeRule:
     reflect_track: bool = False
     fill_short: Optional[Callable[[Tensor, int], Tensor]] = None
     exact_samples: bool = False
+    edges: Optional[Callable[[int, Optional[int], int], Tuple[bool, bool]]] = None
 
     def samples(self, seconds: float, rate: float) -> int:
         """Whole samples in `seconds` at `rate` (see `exact_samples`)."""
@@ -393,7 +413,7 @@ class EdgeRule:
 # ("fade") mirrors the track's ends and fills short segments.
 EDGE_RULES: Dict[str, EdgeRule] = {
     "triangle": EdgeRule(),
-    "fade": EdgeRule(reflect_track=True, fill_short=fill_like_msst, exact_samples=True),
+    "fade": EdgeRule(reflect_track=True, fill_short=fill_like_msst, exact_samples=True, edges=msst_fade_edges),
 }
 
 
@@ -419,6 +439,21 @@ class _Plan:
     fill_short: Optional[Callable[[Tensor, int], Tensor]] = None  # see EdgeRule.fill_short
     bf16: bool = True  # Contract.bf16
     auto_bf16: bool = False  # Contract.auto_bf16
+    window_batch: int = 1  # Contract.window_batch
+    edges: Optional[Callable[[int, Optional[int], int], Tuple[bool, bool]]] = None  # EdgeRule.edges
+
+    def window_edges(self, offset: int, total: Optional[int]) -> Tuple[bool, bool]:
+        """(first, last) window flags of the segment at lane position `offset` (total: lane length)."""
+        if self.edges is None:
+            return offset == 0, total is not None and offset + self.stride >= total
+        count = None if total is None else -(-total // self.stride)
+        return self.edges(offset // self.stride, count, self.window_batch)
+
+    def settled(self, offset: int, available: int) -> bool:
+        """Whether `available` lane samples show that the track goes on past the window batch
+        of the segment at `offset` (so its window flags are final before the track ends)."""
+        group = self.window_batch * self.stride
+        return available > (offset // group + 1) * group
 
     def input_length(self, n: int) -> int:
         """Samples fed to the model for a segment of n samples (the rest is context)."""
@@ -466,7 +501,8 @@ def _make_plan(model: nn.Module, contract: Contract, options: EngineOptions) -> 
     if contract.segment_rule == "fixed" and fill_short is None:
         fill_short = _fill_zeros
     return _Plan(model, segment_length, stride, contract.window, fixed_input, contract.input_length,
-                 contract.forward_context, edge, fill_short, contract.bf16, contract.auto_bf16)
+                 contract.forward_context, edge, fill_short, contract.bf16, contract.auto_bf16,
+                 contract.window_batch, rule.edges)
 
 
 def _fill_zeros(chunk: Tensor, length: int) -> Tensor:
@@ -797,6 +833,8 @@ class _Lane:
                 break  # its right context has not arrived yet
             if total is None and offset + n > available:
                 break
+            if total is None and plan.edges is not None and not plan.settled(offset, available):
+                break  # its window depends on whether the track ends within its batch
             out.append((offset, n, length, start))
             offset += plan.stride
         return out
@@ -813,12 +851,15 @@ class _Lane:
     def take(self, begin: int, end: int) -> Tensor:
         """Blended output for lane positions [begin, end), then forget what lies before end.
 
-        Returns [S, C, end - begin]; positions never covered (none for a valid plan) are 0/0.
+        Returns [S, C, end - begin]; positions of zero total weight (never covered, or only at
+        the zero ends of "fade" windows) are 0, as MSST's demix makes them (nan_to_num).
         """
         assert begin >= self.sums.start, "lane output requested twice"
         self.sums.extend(end)
         rows = self.sums.view(begin, end)  # [S*C + 1, t]
-        out = (rows[:-1] / rows[-1]).view(len(self.stem_index), self.channels, end - begin)
+        weight = rows[-1]
+        out = torch.where(weight > 0, rows[:-1] / weight, 0.0)
+        out = out.view(len(self.stem_index), self.channels, end - begin)
         self.sums.drop_before(end)
         return out
 
@@ -917,8 +958,7 @@ class _StreamCore:
                 # Filled segments keep the head of the output, context-padded ones its middle.
                 lo = 0 if plan.fill_short is not None else (out.shape[-1] - n) // 2
                 stems = out[lane.stem_index, :, lo:lo + n]  # [S, C, n]
-                first = offset == 0
-                last = total is not None and offset + plan.stride >= total
+                first, last = plan.window_edges(offset, total)
                 lane.add(offset, n, stems, first, last)
                 lane.next_offset = offset + plan.stride
             if total is not None and lane.next_offset >= total:
@@ -1021,14 +1061,25 @@ def _as_tensor(block) -> Tensor:
     return block
 
 
-def mix_stats(mix: Tensor) -> Tuple[Tensor, Tensor]:
-    """(mean, std) of the mono mix [C, T] (0-d tensors), as the Demucs command line normalises.
+def mix_stats(mix: Tensor, rule: str = "demucs") -> Tuple[Tensor, Tensor]:
+    """(mean, std) of the mono mix [C, T] (0-d tensors), as the model's recipe normalises
+    (`rule`, see `std_by_rule`).
 
     A streaming caller computes them in a first pass; plain floats work as well.
     """
     mono = mix.mean(0)
     # One frame has no spread: the unbiased estimate would be NaN (0/0), so take 0 there.
-    return mono.mean(), mono.std(correction=1 if mono.numel() > 1 else 0) + 1e-8
+    correction = 1 if rule == "demucs" and mono.numel() > 1 else 0
+    return mono.mean(), torch.as_tensor(std_by_rule(float(mono.std(correction=correction)), rule))
+
+
+def std_by_rule(std: float, rule: str) -> float:
+    """The divisor a recipe standardises by, from the mono mix's std (unbiased for "demucs",
+    population for "msst"): Demucs adds 1e-8; MSST uses 1 where the std is at most float32's
+    eps or not finite (digital silence stays silent either way)."""
+    if rule == "msst":
+        return std if math.isfinite(std) and std > float(np.finfo(np.float32).eps) else 1.0
+    return std + 1e-8
 
 
 def separate_stream(bag: ModelBag, blocks: Iterable, total_frames: Optional[int],
@@ -1100,7 +1151,7 @@ def separate_tensor(bag: ModelBag, mix: Tensor, stems: Optional[Sequence[str]], 
     """
     mix = _as_tensor(mix)
     stems = _check_stems(bag, stems)
-    stats = mix_stats(mix) if bag.normalize else None
+    stats = mix_stats(mix, bag.normalize_rule) if bag.normalize else None
     length = mix.shape[1]
     out = {stem: torch.empty(mix.shape[0], length) for stem in stems}
     if length == 0:

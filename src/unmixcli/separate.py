@@ -491,14 +491,17 @@ class MixStats:
         self.total += float(mono.sum())
         self.total_sq += float(np.dot(mono, mono))
 
-    def mean_std(self) -> Tuple[float, float]:
+    def mean_std(self, rule: str = "demucs") -> Tuple[float, float]:
+        """As `engine.mix_stats` with `rule`: the Demucs recipe takes the unbiased std, MSST's the
+        population std (`engine.std_by_rule` then adds its guard)."""
+        from . import engine  # torch is imported only when work is done
+
         if self.frames == 0:
             return 0.0, 1.0
         mean = self.total / self.frames
-        # Unbiased, like torch.Tensor.std() in the reference.
-        var = (self.total_sq - self.frames * mean * mean) / max(self.frames - 1, 1)
-        # + 1e-8 as engine.mix_stats (and the reference API): digital silence stays finite.
-        return mean, math.sqrt(max(var, 0.0)) + 1e-8
+        dof = max(self.frames - 1, 1) if rule == "demucs" else self.frames
+        var = (self.total_sq - self.frames * mean * mean) / dof
+        return mean, engine.std_by_rule(math.sqrt(max(var, 0.0)), rule)
 
 
 # --------------------------------------------------------------------------- one track
@@ -584,7 +587,7 @@ def separate_track(
             options=runtime.options,
             device=runtime.device,
             progress=on_progress,
-            stats=stats.mean_std(),
+            stats=stats.mean_std(bag.normalize_rule),
         )
         for out in stream:
             parts = {s: _to_numpy(t) for s, t in out.items()}

@@ -266,8 +266,10 @@ def contract_for(config: Dict[str, Any], *, channels: int, sources, **overrides:
     fields = dict(samplerate=samplerate, channels=int(channels), sources=tuple(sources),
                   segment=float(chunk_size) / samplerate if chunk_size else None,
                   segment_rule="fixed", window="fade",
-                  normalize=bool(inference.get("normalize", False)),
-                  overlap=1.0 - 1.0 / max(num_overlap, 1))
+                  normalize=bool(inference.get("normalize", False)), normalize_rule="msst",
+                  overlap=1.0 - 1.0 / max(num_overlap, 1),
+                  # demix picks the first/last-chunk fades once per batch of inference.batch_size
+                  window_batch=max(int(inference.get("batch_size", 1) or 1), 1))
     fields.update(overrides)
     return Contract(**fields)
 
@@ -327,6 +329,7 @@ UNSUPPORTED: Dict[str, str] = {
     "torchseg": "it needs a third-party backbone (torchseg)",
     "swin_upernet": "it needs a third-party backbone (a Swin transformer from transformers)",
     "apollo": "it is an audio restoration model, not a separator",
+    "conformer": "MSST's plain spectrogram conformer is not implemented (its BS-/Mel-Band Conformers are)",
 }
 
 
@@ -339,6 +342,8 @@ def _unsupported_type(config: Dict[str, Any]) -> Optional[str]:
         return "segm_models / torchseg"
     if {"sr", "win", "feature_dim", "layer"} <= set(model_cfg):
         return "apollo"
+    if {"embed_dim", "freq_bins", "in_channels", "sources"} <= set(model_cfg):
+        return "conformer"
     return None
 
 

@@ -19,6 +19,9 @@ from torch import nn
 #:         filled up to it by the window's edge rule (MSST's `demix`).
 SEGMENT_RULES = ("free", "max", "fixed")
 
+# How the mix's std is taken when it is standardised (see `Contract.normalize_rule`).
+NORMALIZE_RULES = ("demucs", "msst")
+
 
 @dataclass(frozen=True)
 class Contract:
@@ -34,6 +37,9 @@ class Contract:
             `engine.WINDOWS`: "triangle" (Demucs) or "fade" (MSST).
         normalize: the mix is standardised (mean/std of the mono mix) before the
             model and the stems de-standardised after, as the Demucs command line does.
+        normalize_rule: how the std is taken (`NORMALIZE_RULES`): "demucs" (unbiased,
+            + 1e-8, as the Demucs command line) or "msst" (population std, 1 where it is
+            at most float32's eps, as MSST's inference).
         overlap: default fraction of a segment shared with the next one.
         input_length: samples the model wants for a segment of n samples (context
             taken from the track around it, output trimmed back to the centre);
@@ -45,6 +51,9 @@ class Contract:
             False: it always runs in fp32 (its kernels write into fp32 buffers).
         auto_bf16: `--precision auto` gives it bf16 where bf16 is fast, because
             bf16 was measured faster for it (HTDemucs); otherwise auto keeps fp32.
+        window_batch: window "fade" only: MSST's `demix` decides which segments skip their
+            fades once per batch of this many consecutive segments (its config's
+            inference.batch_size); 1: segment by segment. See `engine.msst_fade_edges`.
     """
 
     samplerate: int
@@ -55,13 +64,18 @@ class Contract:
     window: str = "triangle"
     normalize: bool = True
     overlap: float = 0.25
+    normalize_rule: str = "demucs"
     input_length: Optional[Callable[[int], int]] = field(default=None, compare=False)
     around_forward: Optional[Callable[[], ContextManager]] = field(default=None, compare=False)
     bf16: bool = True
     auto_bf16: bool = False
+    window_batch: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(self.sources))
+        if self.normalize_rule not in NORMALIZE_RULES:
+            raise ValueError(f"normalize_rule must be one of {', '.join(NORMALIZE_RULES)}, "
+                             f"not {self.normalize_rule!r}")
         if self.segment_rule not in SEGMENT_RULES:
             raise ValueError(f"segment_rule must be one of {', '.join(SEGMENT_RULES)}, not {self.segment_rule!r}")
         if not 0 <= self.overlap < 1:
@@ -72,6 +86,8 @@ class Contract:
             raise ValueError("a contract needs a positive rate, channels and at least one source")
         if self.auto_bf16 and not self.bf16:
             raise ValueError("auto_bf16 needs bf16")
+        if isinstance(self.window_batch, bool) or not isinstance(self.window_batch, int) or self.window_batch < 1:
+            raise ValueError(f"window_batch must be a whole number >= 1, got {self.window_batch!r}")
 
     @classmethod
     def describe(cls, model: nn.Module, *, window: str = "triangle", overlap: float = 0.25,
@@ -159,11 +175,12 @@ class ModelBag:
                 raise ValueError("all models of a bag must produce the same stems")
             if other.samplerate != first.samplerate or other.channels != first.channels:
                 raise ValueError("all models of a bag must share sample rate and channels")
-            if other.normalize != first.normalize:
+            if (other.normalize, other.normalize_rule) != (first.normalize, first.normalize_rule):
                 raise ValueError("all models of a bag must agree on normalising the mix")
         # The first member's recipe, for display (the engine reads each member's contract); the
         # engine standardises the mix once, for every member.
         self.window, self.overlap, self.normalize = first.window, first.overlap, first.normalize
+        self.normalize_rule = first.normalize_rule
         self.weights = torch.as_tensor(self.weights, dtype=torch.float32)
         expected = (len(self.models), len(first.sources))
         if tuple(self.weights.shape) != expected:

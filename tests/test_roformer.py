@@ -2,7 +2,10 @@
 
 The reference package is a test-only oracle. Models are tiny and random; the
 reference's own state dict is loaded into ours unchanged (strict) and both
-must agree to 1e-5 of the output's peak.
+must agree to 1e-5 of the output's peak. 0.3.10 has no `zero_dc` step, whereas
+ours (as MSST's classes) zeroes the DC bin unless told not to: every comparison
+with 0.3.10 here sets `zero_dc=False` (tests/test_roformer_msst.py compares with
+MSST itself).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ assert sum(SMALL_BANDS) == 1025
 
 BS_CFG = dict(dim=32, depth=2, stereo=True, num_stems=2, time_transformer_depth=1, freq_transformer_depth=1,
               freqs_per_bands=SMALL_BANDS, dim_head=16, heads=2, stft_hop_length=441)
+# What 0.3.10 does (it has no zero_dc argument): for our side of every comparison with it.
+AS_0310 = dict(zero_dc=False)
 MEL_CFG = dict(dim=32, depth=2, stereo=True, num_stems=1, time_transformer_depth=1, freq_transformer_depth=1,
                num_bands=16, dim_head=16, heads=2, stft_hop_length=441, mask_estimator_depth=2)
 MEL_MONO_CFG = dict(dim=48, depth=1, stereo=False, num_stems=3, num_bands=12, dim_head=16, heads=3,
@@ -102,7 +107,7 @@ def test_parity_with_reference(ref_cls, our_cls, cfg, batch, small_blocks, monke
         monkeypatch.setattr(R.Attention, "block", 3 * cfg["num_bands"] - 1)
         monkeypatch.setattr(R.FeedForward, "block", 100)
     ref = _reference(ref_cls, cfg)
-    ours = our_cls(**cfg).eval()
+    ours = our_cls(**cfg, **AS_0310).eval()
     ref_state = ref.state_dict()
     assert list(ours.state_dict()) == list(ref_state)  # same keys, same order
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
@@ -161,7 +166,7 @@ def test_msst_flags_skip_connection_and_mlp_expansion():
     x = torch.randn(1, 2, 11025)
     outs = {}
     for skip in (False, True):
-        ours = R.MelBandRoformer(**cfg, skip_connection=skip, mlp_expansion_factor=2).eval()
+        ours = R.MelBandRoformer(**cfg, skip_connection=skip, mlp_expansion_factor=2, **AS_0310).eval()
         ours.load_state_dict(ref.state_dict(), strict=True)
         with torch.inference_mode():
             expected = _msst_forward(ref, x, skip)
@@ -172,7 +177,7 @@ def test_msst_flags_skip_connection_and_mlp_expansion():
 
 def test_zero_dc_removes_only_the_dc_bin():
     ref = _reference(ref_bs.BSRoformer, BS_CFG)
-    ours = R.BSRoformer(**BS_CFG).eval()
+    ours = R.BSRoformer(**BS_CFG, **AS_0310).eval()
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(1, 2, 22050)
     with torch.inference_mode():
@@ -211,6 +216,7 @@ model:
   flash_attn: true
   mask_estimator_depth: 2
   multi_stft_resolutions_window_sizes: !!python/tuple [4096, 2048, 1024, 512, 256]
+  zero_dc: false  # compared with bs-roformer 0.3.10, which has no zero_dc step
 training:
   instruments: [vocals, other]
   target_instrument: null
@@ -236,6 +242,7 @@ model:
   mask_estimator_depth: 2
   mlp_expansion_factor: 4
   skip_connection: false
+  zero_dc: false  # compared with bs-roformer 0.3.10, which has no zero_dc step
 training:
   instruments: [vocals, other]
   target_instrument: vocals
@@ -262,6 +269,7 @@ def test_load_roformer_community_layout(tmp_path, family, wrap):
     assert bag.sources == stems and model.sources == stems
     assert bag.samplerate == 44100 and bag.audio_channels == 2
     assert bag.window == "fade" and bag.normalize is False
+    assert model.zero_dc is False  # the config says so
     assert model.segment == (0.5 if family == "bs" else 1.0)
     assert bag.overlap == (0.75 if family == "bs" else 0.5)
     assert not model.training

@@ -5,13 +5,21 @@ dict and a YAML config whose `model` section holds the constructor arguments:
 dim, depth, stereo, num_stems, freqs_per_bands (BS) or num_bands (Mel), ...), and
 run with MSST's generic chunking. They always run in fp32: their fused kernels
 write into fp32 workspaces, which bf16 autocast breaks.
+
+What runs is what msst 0.1.0 runs for the same files: its classes' defaults (a
+config that leaves `zero_dc` out gets the DC bin zeroed), and its `demix`'s
+outputs: with `training.target_instrument` set, the one stem of that name (a
+model with one head per instrument runs only the target's head, as MSST's
+`active_stem_ids`); otherwise one stem per instrument. A checkpoint trained
+before `zero_dc` existed that wants the old behaviour says `zero_dc: false` in
+its config (a registry entry: `extra: {model_overrides: {zero_dc: false}}`).
 """
 
 from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Type
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
 
@@ -23,10 +31,22 @@ from . import msst
 FAMILIES: Dict[str, Type[torch.nn.Module]] = {
     "bs_roformer": BSRoformer,
     "mel_band_roformer": MelBandRoformer,
+    # MSST's *_experimental classes: the same layers, without the zero_dc step and with the
+    # blocks after the first run without residual additions (`experimental_residuals`);
+    # of their two extra options, learned value residuals are run, hyper-connections
+    # (num_residual_streams > 1) are not.
+    "bs_roformer_experimental": BSRoformer,
+    "mel_band_roformer_experimental": MelBandRoformer,
 }
 
+# Options of the experimental types -> their defaults.
+_EXPERIMENTAL_OPTIONS = {"num_residual_streams": 1, "use_value_residual_learning": False}
+# Options the experimental types do not have (their MSST classes refuse them).
+_NOT_EXPERIMENTAL = {"zero_dc", "use_pope", "sage_attention"}
+
 # Constructor arguments that are not architecture and never come from a config.
-_NOT_FROM_CONFIG = {"stft_window_fn", "multi_stft_window_fn", "sources", "segment"}
+_NOT_FROM_CONFIG = {"stft_window_fn", "multi_stft_window_fn", "sources", "segment", "active_stems",
+                    "experimental_residuals", "value_residuals"}
 
 # Registry `arch` values -> the loader's model types (None: recognised from the config).
 ARCHS: Dict[str, str] = {
@@ -34,6 +54,8 @@ ARCHS: Dict[str, str] = {
     "MelBandRoformer": "mel_band_roformer",
     "bs_roformer": "bs_roformer",
     "mel_band_roformer": "mel_band_roformer",
+    "bs_roformer_experimental": "bs_roformer_experimental",
+    "mel_band_roformer_experimental": "mel_band_roformer_experimental",
 }
 
 
@@ -47,11 +69,23 @@ def model_kwargs(config: Dict[str, Any], family: str) -> Dict[str, Any]:
     cls = FAMILIES[family]
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"} - _NOT_FROM_CONFIG
     model_cfg = dict(config["model"])
+    experimental = family.endswith("_experimental")
+    if experimental:
+        accepted = (accepted - _NOT_EXPERIMENTAL) | set(_EXPERIMENTAL_OPTIONS)
     unknown = sorted(set(model_cfg) - accepted)
     if unknown:
         raise CheckpointError(f"the config's model section has options this {family} does not support: "
                               f"{', '.join(unknown)}")
     kwargs = dict(model_cfg)
+    if experimental:
+        streams = kwargs.pop("num_residual_streams", 1)
+        if streams != 1:
+            # hyper-connections (several residual streams) are a third-party module of their own
+            raise CheckpointError(f"{family} with num_residual_streams: {streams} (hyper-connections) "
+                                  "is not supported (only num_residual_streams: 1)")
+        kwargs["value_residuals"] = bool(kwargs.pop("use_value_residual_learning", False))
+        kwargs["zero_dc"] = False  # the experimental classes have no zero_dc step
+        kwargs["experimental_residuals"] = True
     for key in ("freqs_per_bands", "multi_stft_resolutions_window_sizes"):
         if key in kwargs and isinstance(kwargs[key], list):
             kwargs[key] = tuple(kwargs[key])
@@ -59,14 +93,52 @@ def model_kwargs(config: Dict[str, Any], family: str) -> Dict[str, Any]:
     return kwargs
 
 
+# Model keys of MSST's BS-/Mel-Band conformers (families/conformer.py), which share the
+# RoFormers' band layouts: a config with any of them is not a RoFormer's.
+_CONFORMER_KEYS = frozenset({"time_conformer_depth", "freq_conformer_depth", "linear_conformer_depth",
+                             "conv_expansion_factor", "conv_kernel_size", "conv_dropout", "ff_mult"})
+
+
 def recognises(config: Dict[str, Any]) -> Optional[str]:
-    """"mel_band_roformer" (`num_bands`) or "bs_roformer" (`freqs_per_bands`), else None."""
+    """"mel_band_roformer" (`num_bands`) or "bs_roformer" (`freqs_per_bands`), else None
+    (also for a conformer's config); the "_experimental" type of either when the config has
+    an option only those have. (An experimental config that has none of them reads as the
+    plain type: a registry entry's `arch` tells them apart.)"""
     model_cfg = config.get("model") or {}
+    if not isinstance(model_cfg, Mapping) or _CONFORMER_KEYS & set(model_cfg):
+        return None
+    suffix = "_experimental" if set(_EXPERIMENTAL_OPTIONS) & set(model_cfg) else ""
     if "num_bands" in model_cfg:
-        return "mel_band_roformer"
+        return "mel_band_roformer" + suffix
     if "freqs_per_bands" in model_cfg:
-        return "bs_roformer"
+        return "bs_roformer" + suffix
     return None
+
+
+def outputs(config: Dict[str, Any], num_stems: int) -> Tuple[List[str], Optional[List[int]]]:
+    """(stem names, mask heads to run or None for all) as MSST's `demix` gives them.
+
+    With `training.target_instrument`: that stem alone, from the model's only head, or
+    from its head at the target's place in `training.instruments` when it has one head
+    per instrument (MSST passes `active_stem_ids`, so the other heads never run).
+    """
+    training = config.get("training") or {}
+    target = training.get("target_instrument")
+    if not target:
+        return msst.stem_names(config, num_stems)[0], None
+    target = str(target)
+    if num_stems == 1:
+        return [target], None
+    instruments = [str(s) for s in (training.get("instruments") or [])]
+    if target not in instruments:
+        raise CheckpointError(f"training.target_instrument {target!r} is not among training.instruments "
+                              f"({', '.join(instruments) or 'none'}), so its head is unknown",
+                              hint="MSST refuses this config as well")
+    if num_stems == len(instruments):
+        return [target], [instruments.index(target)]
+    raise CheckpointError(f"the model has {num_stems} stems, but the config asks for {target!r} alone "
+                          f"out of {len(instruments)} instruments",
+                          hint="num_stems must be 1 or the number of training.instruments")
 
 
 def build(config: Dict[str, Any], model_type: str, config_path: Optional[Path]) -> torch.nn.Module:
@@ -74,11 +146,11 @@ def build(config: Dict[str, Any], model_type: str, config_path: Optional[Path]) 
         raise CheckpointError(f"unknown RoFormer type {model_type!r}", path=config_path,
                               hint=f"use one of: {', '.join(FAMILIES)}")
     kwargs = model_kwargs(config, model_type)
-    sources = msst.stem_names(config, int(kwargs.get("num_stems", 1)))[0]
-    chunk_size = (config.get("audio") or {}).get("chunk_size")
+    sources, active = outputs(config, int(kwargs.get("num_stems", 1)))  # load_checkpoint adds the path
+    chunk_size = msst.chunk_size_of(config)  # inference.chunk_size over audio.chunk_size, as demix
     segment = float(chunk_size) / int(kwargs["sample_rate"]) if chunk_size else None
     try:
-        return FAMILIES[model_type](**kwargs, sources=sources, segment=segment)
+        return FAMILIES[model_type](**kwargs, sources=sources, segment=segment, active_stems=active)
     except (TypeError, ValueError, AssertionError) as exc:
         raise CheckpointError(f"the config does not describe a buildable {model_type} ({exc})",
                               path=config_path) from exc
@@ -117,7 +189,12 @@ def load_local(path: Path, stems=None, config=None) -> ModelBag:
 
 
 def load_spec(spec: Any, folder: Path, stems=None) -> ModelBag:
-    """Registry entry `spec`: `spec.checkpoint` with `spec.config` (a file among its files, or inline)."""
+    """Registry entry `spec`: `spec.checkpoint` with `spec.config` (a file among its files, or inline).
+
+    `extra: {model_overrides: {...}}` in the entry replaces keys of the config's model
+    section, e.g. `{zero_dc: false}` for a checkpoint trained with code that had no
+    zero_dc step, whose published config leaves it out (MSST would then zero the DC bin).
+    """
     del stems
     model_type = None
     if spec.arch is not None:
@@ -129,4 +206,11 @@ def load_spec(spec: Any, folder: Path, stems=None) -> ModelBag:
                 hint="use one of: " + ", ".join(sorted(ARCHS)),
             )
     config = spec.config if isinstance(spec.config, Mapping) else folder / spec.config
+    overrides = (getattr(spec, "extra", None) or {}).get("model_overrides")
+    if overrides is not None:
+        if not isinstance(overrides, Mapping):
+            raise CheckpointError(f"model '{spec.name}': extra.model_overrides must be a mapping of model keys",
+                                  path=spec.source)
+        config = msst.load_config(config)[0]
+        config["model"] = {**(config.get("model") or {}), **dict(overrides)}
     return load_roformer(folder / spec.checkpoint, config, model_type=model_type, name=spec.name)

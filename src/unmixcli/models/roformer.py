@@ -3,7 +3,11 @@
 The module tree, constructor arguments and parameter names follow the layout
 of the community checkpoints (Music-Source-Separation-Training, and
 lucidrains' `bs-roformer` 0.3.x, which shares it), so their state dicts load
-strictly, key for key. The forward pass is ours and written for inference:
+strictly, key for key. Where the two codes behave differently, MSST's is
+followed (msst 0.1.0: the inference the community checkpoints are published
+and scored with): the DC bin of the output is zeroed unless a config sets
+`zero_dc: false`, and a config's target head alone can be run (`active_stems`).
+The forward pass is ours and written for inference:
 
 * the token grid stays in one `[B, N, K, D]` layout (N frames, K bands) the
   whole way through; the time and frequency transformers only differ in how
@@ -175,8 +179,8 @@ class FeedForward(nn.Module):
     # activations ([2048, 4 * D]) stay in cache between the two matmuls.
     block = 2048
 
-    def residual_(self, x: Tensor, ws: "_Workspace") -> None:
-        """`x += net(x)` in place; `x` is `[M, D]` contiguous."""
+    def residual_(self, x: Tensor, ws: "_Workspace", add: bool = True) -> None:
+        """`x += net(x)` in place (`add=False`: `x = net(x)`); `x` is `[M, D]` contiguous."""
         norm, up, _, _, down, _ = self.net
         for start in range(0, x.shape[0], self.block):
             xb = x[start:start + self.block]  # [m, D], contiguous
@@ -184,12 +188,20 @@ class FeedForward(nn.Module):
             u = ws.get("ff_hidden", (xb.shape[0], up.out_features), xb)
             torch.addmm(up.bias, h, up.weight.t(), out=u)
             torch.ops.aten.gelu_(u)
-            xb.add_(down.bias)
-            xb.addmm_(u, down.weight.t())
+            if add:
+                xb.add_(down.bias)
+                xb.addmm_(u, down.weight.t())
+            else:  # xb was only read through h
+                torch.addmm(down.bias, u, down.weight.t(), out=xb)
 
 
 class Attention(nn.Module):
-    """Gated multi-head self-attention with rotary positions."""
+    """Gated multi-head self-attention with rotary positions.
+
+    `value_residual_mix` (MSST's experimental value residual learning): each token's
+    values move towards given earlier values by a learned per-head share,
+    `v + sigmoid(W x) * (v_earlier - v)`.
+    """
 
     def __init__(
         self,
@@ -199,6 +211,7 @@ class Attention(nn.Module):
         dropout: float = 0.0,
         rotary_embed: Optional[RotaryEmbedding] = None,
         flash: bool = True,
+        value_residual_mix: bool = False,
     ):
         super().__init__()
         self.heads = heads
@@ -209,6 +222,7 @@ class Attention(nn.Module):
         self.attend = nn.Dropout(dropout)  # placeholder for the reference's (parameter-free) kernel
         self.norm = RMSNorm(dim)
         self.to_qkv = Linear(dim, inner * 3, bias=False)
+        self.to_value_residual_mix = Linear(dim, heads) if value_residual_mix else None
         self.to_gates = Linear(dim, heads)
         self.to_out = nn.Sequential(Linear(inner, dim, bias=False), nn.Dropout(dropout))
 
@@ -216,8 +230,15 @@ class Attention(nn.Module):
     # gating): a block's activations stay in cache from one step to the next.
     block = 2048
 
-    def residual_(self, x: Tensor, axis: str, grid: Tuple[int, int, int], rope, ws: "_Workspace") -> None:
-        """`x += attention(x)` in place, attending along one axis of the token grid.
+    def residual_(self, x: Tensor, axis: str, grid: Tuple[int, int, int], rope, ws: "_Workspace",
+                  add: bool = True, value_residual: Optional[Tensor] = None,
+                  keep_values: bool = False) -> Optional[Tensor]:
+        """`x += attention(x)` in place (`add=False`: `x = attention(x)`), attending along one
+        axis of the token grid.
+
+        `value_residual`: earlier values (as returned with `keep_values`) that this layer's
+        values are mixed with (`value_residual_mix`). Returns a copy of this layer's own
+        values (time `[B, K, H, N, E]`, freq `[B, N, H, K, E]`) with `keep_values`, else None.
 
         Args:
             x: `[M, D]` contiguous, M = B * N * K tokens in (B, N, K) order.
@@ -242,12 +263,19 @@ class Attention(nn.Module):
             heads_shape = (3, bsz, frames, heads, bands, width)
         qkv_heads = ws.get("qkv_heads", heads_shape, x)
         gates = ws.get("gates", (bsz, frames, bands, heads), x)
+        mixing = self.to_value_residual_mix is not None
+        if mixing and value_residual is None:
+            raise ValueError("this attention layer mixes in earlier values, and none were given")
+        shares = ws.get("value_shares", (bsz, frames, bands, heads), x) if mixing else None
         for b, n0, n1 in blocks:
             xb = x4[b, n0:n1].reshape(-1, x.shape[1])  # [m, D] view, m = (n1 - n0) * K
             h = self.norm.into(xb, ws.get("attn_in", xb.shape, x))
             qkv = ws.get("qkv", (xb.shape[0], 3 * inner), x)
             torch.mm(h, self.to_qkv.weight.t(), out=qkv)
             torch.addmm(self.to_gates.bias, h, self.to_gates.weight.t(), out=gates[b, n0:n1].view(-1, heads))
+            if mixing:
+                mix = self.to_value_residual_mix
+                torch.addmm(mix.bias, h, mix.weight.t(), out=shares[b, n0:n1].view(-1, heads))
             qkv5 = qkv.view(n1 - n0, bands, 3, heads, width)
             if time_axis:
                 src = qkv5.permute(2, 1, 3, 0, 4)  # [3, K, H, n, E]
@@ -266,6 +294,12 @@ class Attention(nn.Module):
             else:
                 dst.copy_(src)
         gates.sigmoid_()
+        values = qkv_heads[2]  # time: [B, K, H, N, E]; freq: [B, N, H, K, E]
+        kept = values.clone() if keep_values else None
+        if mixing:
+            # shares [B, N, K, H] laid out as the values, one per token and head
+            share = shares.sigmoid_().permute(0, 2, 3, 1) if time_axis else shares.sigmoid_().permute(0, 1, 3, 2)
+            values.lerp_(value_residual, share[..., None])
 
         seqs, length = (bsz * bands, frames) if time_axis else (bsz * frames, bands)
         q, k, v = (t.view(seqs, heads, length, width) for t in qkv_heads.unbind(0))
@@ -281,7 +315,11 @@ class Attention(nn.Module):
             else:
                 torch.mul(out[b, n0:n1], gate.permute(0, 2, 1, 3), out=merged.permute(0, 2, 1, 3))
             xb = x4[b, n0:n1].reshape(-1, x.shape[1])
-            xb.addmm_(merged.view(xb.shape[0], inner), self.to_out[0].weight.t())
+            if add:
+                xb.addmm_(merged.view(xb.shape[0], inner), self.to_out[0].weight.t())
+            else:  # queries, keys, values and gates were all taken from x above
+                torch.mm(merged.view(xb.shape[0], inner), self.to_out[0].weight.t(), out=xb)
+        return kept
 
 
 class Transformer(nn.Module):
@@ -298,23 +336,32 @@ class Transformer(nn.Module):
         norm_output: bool = True,
         rotary_embed: Optional[RotaryEmbedding] = None,
         flash_attn: bool = True,
+        value_residual_mix: bool = False,
     ):
         super().__init__()
         self.layers = nn.ModuleList(
             nn.ModuleList(
                 [
                     Attention(dim, heads=heads, dim_head=dim_head, dropout=attn_dropout,
-                              rotary_embed=rotary_embed, flash=flash_attn),
+                              rotary_embed=rotary_embed, flash=flash_attn, value_residual_mix=value_residual_mix),
                     FeedForward(dim, mult=ff_mult, dropout=ff_dropout),
                 ]
             )
             for _ in range(depth)
         )
         self.norm = RMSNorm(dim) if norm_output else nn.Identity()
+        # False: each layer replaces x instead of adding to it (see `experimental_residuals`).
+        self.residual = True
 
-    def run_(self, x: Tensor, axis: str, grid: Tuple[int, int, int], ropes: dict, ws: "_Workspace") -> None:
-        """Apply every layer to the token grid `x` (`[M, D]`) in place."""
-        for attn, ff in self.layers:
+    def run_(self, x: Tensor, axis: str, grid: Tuple[int, int, int], ropes: dict, ws: "_Workspace",
+             value_residual: Optional[Tensor] = None, keep_values: bool = False) -> Optional[Tensor]:
+        """Apply every layer to the token grid `x` (`[M, D]`) in place.
+
+        `value_residual`: earlier values every layer mixes in (see `Attention`); with
+        `keep_values`, returns the first layer's own values (else None).
+        """
+        kept = None
+        for index, (attn, ff) in enumerate(self.layers):
             rope = None
             if attn.rotary_embed is not None:
                 rope = ropes.get((axis, id(attn.rotary_embed)))
@@ -322,10 +369,13 @@ class Transformer(nn.Module):
                     length = grid[1] if axis == "time" else grid[2]
                     rope = attn.rotary_embed.table(length, x.device, x.dtype)
                     ropes[(axis, id(attn.rotary_embed))] = rope
-            attn.residual_(x, axis, grid, rope, ws)
-            ff.residual_(x, ws)
+            values = attn.residual_(x, axis, grid, rope, ws, add=self.residual, value_residual=value_residual,
+                                    keep_values=keep_values and index == 0)
+            kept = values if index == 0 else kept
+            ff.residual_(x, ws, add=self.residual)
         if isinstance(self.norm, RMSNorm):
             self.norm.into(x, x)
+        return kept
 
 
 class BandSplit(nn.Module):
@@ -431,18 +481,27 @@ class _RoformerBase(nn.Module):
     def _common_init(self, *, dim, depth, stereo, num_stems, time_transformer_depth, freq_transformer_depth,
                      dim_head, heads, attn_dropout, ff_dropout, flash_attn, stft_n_fft, stft_hop_length,
                      stft_win_length, stft_normalized, stft_window_fn, norm_output, skip_connection, zero_dc,
-                     linear_transformer_depth, sources, segment, sample_rate):
+                     linear_transformer_depth, use_pope, active_stems, experimental_residuals, value_residuals,
+                     sources, segment, sample_rate):
         if linear_transformer_depth:
             raise ValueError("linear_transformer_depth > 0 (linear-attention layers) is not supported")
+        if use_pope:
+            raise ValueError("use_pope (PoPE positions instead of rotary ones) is not supported")
         self.stereo = stereo
         self.audio_channels = 2 if stereo else 1
         self.num_stems = num_stems
         self.skip_connection = skip_connection
         self.zero_dc = zero_dc
         self.samplerate = int(sample_rate)
-        self.sources = list(sources) if sources is not None else [f"stem{i}" for i in range(num_stems)]
-        if len(self.sources) != num_stems:
-            raise ValueError(f"{num_stems} stems but {len(self.sources)} source names")
+        # The mask heads the forward runs, in output order: all of them, or (MSST's
+        # active_stem_ids) only the target's of a config with target_instrument.
+        active = list(range(num_stems)) if active_stems is None else [int(i) for i in active_stems]
+        if not active or any(not 0 <= i < num_stems for i in active):
+            raise ValueError(f"active stems {active} are not among the model's {num_stems} heads")
+        self.active_stems = active
+        self.sources = list(sources) if sources is not None else [f"stem{i}" for i in active]
+        if len(self.sources) != len(active):
+            raise ValueError(f"{len(active)} output stems but {len(self.sources)} source names")
         # Seconds per forward chunk for the engine; MSST configs say so in
         # audio.chunk_size (the loader passes it); 8 s is the common value.
         self.segment = float(segment) if segment is not None else DEFAULT_SEGMENT
@@ -456,11 +515,24 @@ class _RoformerBase(nn.Module):
         # `freqs` appear under each attention's key in the state dict).
         time_rope = RotaryEmbedding(dim_head)
         freq_rope = RotaryEmbedding(dim_head)
-        for _ in range(depth):
+        if value_residuals and not experimental_residuals:
+            raise ValueError("value residuals exist only in MSST's experimental classes (experimental_residuals)")
+        self.value_residuals = bool(value_residuals)
+        for index in range(depth):
+            # value residuals: every block after the first mixes in the first block's values
+            mix = self.value_residuals and index > 0
             self.layers.append(nn.ModuleList([
-                Transformer(depth=time_transformer_depth, rotary_embed=time_rope, **kw),
-                Transformer(depth=freq_transformer_depth, rotary_embed=freq_rope, **kw),
+                Transformer(depth=time_transformer_depth, rotary_embed=time_rope, value_residual_mix=mix, **kw),
+                Transformer(depth=freq_transformer_depth, rotary_embed=freq_rope, value_residual_mix=mix, **kw),
             ]))
+        # MSST's *_experimental classes hand the first block's attention values on to the
+        # later blocks (for their optional value residuals), and a transformer given them
+        # takes the path without residual additions even when no value residual is learned:
+        # every block after the first computes x = attn(x); x = ff(x).
+        self.experimental_residuals = bool(experimental_residuals)
+        for later in list(self.layers)[1:] if experimental_residuals else []:
+            for transformer in later:
+                transformer.residual = False
 
     @property
     def num_bins(self) -> int:
@@ -484,12 +556,18 @@ class _RoformerBase(nn.Module):
         flat = x.view(-1, dim)
         ropes: dict = {}
         saved: List[Tensor] = []
+        # value residuals: the first block's first-layer values per axis, for the later blocks
+        values: Dict[str, Optional[Tensor]] = {"time": None, "freq": None}
         for time_tf, freq_tf in self.layers:
             if self.skip_connection:
                 for earlier in saved:
                     flat.add_(earlier)
-            time_tf.run_(flat, "time", grid, ropes, ws)
-            freq_tf.run_(flat, "freq", grid, ropes, ws)
+            for tf, axis in ((time_tf, "time"), (freq_tf, "freq")):
+                first = values[axis] is None
+                kept = tf.run_(flat, axis, grid, ropes, ws, value_residual=values[axis],
+                               keep_values=self.value_residuals and first)
+                if first:
+                    values[axis] = kept
             if self.skip_connection:
                 saved.append(flat.clone())
         if self.final_norm is not None:
@@ -516,17 +594,18 @@ class _RoformerBase(nn.Module):
             x = self.band_split(self._bands_in(spec_ri).reshape(bsz, frames, -1))  # [B, N, K, D]
             x = x.contiguous()
             self._trunk(x, ws)
-            masks = torch.stack([est(x, ws) for est in self.mask_estimators], dim=1)  # [B, S, N, sum]
+            stems = len(self.active_stems)
+            masks = torch.stack([self.mask_estimators[i](x, ws) for i in self.active_stems], dim=1)  # [B, S, N, sum]
             del ws, x
-            masks = self._masks_out(masks.view(bsz, self.num_stems, frames, -1, 2))  # [B, S, N, F*C, 2]
+            masks = self._masks_out(masks.view(bsz, stems, frames, -1, 2))  # [B, S, N, F*C, 2]
 
             out = torch.view_as_complex(spec_ri)[:, None] * torch.view_as_complex(masks)  # [B, S, N, F*C]
-            out = out.view(bsz, self.num_stems, frames, bins, channels).permute(0, 1, 4, 3, 2)
+            out = out.view(bsz, stems, frames, bins, channels).permute(0, 1, 4, 3, 2)
             out = out.reshape(-1, bins, frames)  # [B*S*C, F, N]
             if self.zero_dc:
                 out[:, 0] = 0
             audio = torch.istft(out, **self.stft_kwargs, window=window, length=length)
-            return audio.view(bsz, self.num_stems, channels, length)
+            return audio.view(bsz, stems, channels, length)
 
 
 class BSRoformer(_RoformerBase):
@@ -535,10 +614,18 @@ class BSRoformer(_RoformerBase):
     Constructor arguments are those of the checkpoints' configs; training-only
     ones (dropouts, losses, checkpointing, kernel choices) are accepted and
     have no effect. Extra: `sources` (stem names, default stem0..), `segment`
-    (seconds per chunk, default 8), `sample_rate`. Flags that differ between
-    checkpoints: `zero_dc` (silence the DC bin of the output, newer MSST),
+    (seconds per chunk, default 8), `sample_rate`, `active_stems` (indices of
+    the mask heads the forward runs, in output order; default all, as MSST's
+    `active_stem_ids`). Flags that differ between checkpoints: `zero_dc`
+    (silence the DC bin of the output; on unless the config says otherwise, as
+    in MSST's classes, whereas bs-roformer 0.3.x has no such step),
     `skip_connection` (each layer also gets the sum of all earlier layers'
-    outputs), `mask_estimator_depth`, `mlp_expansion_factor`.
+    outputs), `mask_estimator_depth`, `mlp_expansion_factor`. `use_pope` is
+    accepted only when false (PoPE positions are not implemented).
+    `experimental_residuals`: compute what MSST's bs_/mel_band_roformer_experimental
+    classes compute (blocks after the first without residual additions; those classes
+    also have no zero_dc step); `value_residuals` (their use_value_residual_learning):
+    the later blocks' attention mixes in the first block's values.
     """
 
     def __init__(
@@ -563,7 +650,7 @@ class BSRoformer(_RoformerBase):
         stft_win_length: int = 2048,
         stft_normalized: bool = False,
         stft_window_fn: Optional[Callable] = None,
-        zero_dc: bool = False,
+        zero_dc: bool = True,
         mask_estimator_depth: int = 2,
         multi_stft_resolution_loss_weight: float = 1.0,
         multi_stft_resolutions_window_sizes: Tuple[int, ...] = (4096, 2048, 1024, 512, 256),
@@ -574,6 +661,10 @@ class BSRoformer(_RoformerBase):
         use_torch_checkpoint: bool = False,
         skip_connection: bool = False,
         sage_attention: bool = False,
+        use_pope: bool = False,
+        active_stems: Optional[Sequence[int]] = None,
+        experimental_residuals: bool = False,
+        value_residuals: bool = False,
         sources: Optional[Sequence[str]] = None,
         segment: Optional[float] = None,
         sample_rate: int = SAMPLERATE,
@@ -586,7 +677,9 @@ class BSRoformer(_RoformerBase):
             flash_attn=flash_attn, stft_n_fft=stft_n_fft, stft_hop_length=stft_hop_length,
             stft_win_length=stft_win_length, stft_normalized=stft_normalized, stft_window_fn=stft_window_fn,
             norm_output=False, skip_connection=skip_connection, zero_dc=zero_dc,
-            linear_transformer_depth=linear_transformer_depth, sources=sources, segment=segment,
+            linear_transformer_depth=linear_transformer_depth, use_pope=use_pope, active_stems=active_stems,
+            experimental_residuals=experimental_residuals, value_residuals=value_residuals,
+            sources=sources, segment=segment,
             sample_rate=sample_rate,
         )
         self.final_norm = RMSNorm(dim)
@@ -641,7 +734,7 @@ class MelBandRoformer(_RoformerBase):
         stft_win_length: int = 2048,
         stft_normalized: bool = False,
         stft_window_fn: Optional[Callable] = None,
-        zero_dc: bool = False,
+        zero_dc: bool = True,
         mask_estimator_depth: int = 1,
         multi_stft_resolution_loss_weight: float = 1.0,
         multi_stft_resolutions_window_sizes: Tuple[int, ...] = (4096, 2048, 1024, 512, 256),
@@ -653,6 +746,10 @@ class MelBandRoformer(_RoformerBase):
         use_torch_checkpoint: bool = False,
         skip_connection: bool = False,
         sage_attention: bool = False,
+        use_pope: bool = False,
+        active_stems: Optional[Sequence[int]] = None,
+        experimental_residuals: bool = False,
+        value_residuals: bool = False,
         sources: Optional[Sequence[str]] = None,
         segment: Optional[float] = None,
     ):
@@ -664,7 +761,9 @@ class MelBandRoformer(_RoformerBase):
             flash_attn=flash_attn, stft_n_fft=stft_n_fft, stft_hop_length=stft_hop_length,
             stft_win_length=stft_win_length, stft_normalized=stft_normalized, stft_window_fn=stft_window_fn,
             norm_output=True, skip_connection=skip_connection, zero_dc=zero_dc,
-            linear_transformer_depth=linear_transformer_depth, sources=sources, segment=segment,
+            linear_transformer_depth=linear_transformer_depth, use_pope=use_pope, active_stems=active_stems,
+            experimental_residuals=experimental_residuals, value_residuals=value_residuals,
+            sources=sources, segment=segment,
             sample_rate=sample_rate,
         )
         self.final_norm = None

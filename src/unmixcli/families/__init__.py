@@ -89,10 +89,22 @@ def _demucs() -> ModuleType:
     return demucs
 
 
+def _conformer() -> ModuleType:
+    from . import conformer
+
+    return conformer
+
+
 def _roformer() -> ModuleType:
     from . import roformer
 
     return roformer
+
+
+def _scnet() -> ModuleType:
+    from . import scnet
+
+    return scnet
 
 
 def _openunmix() -> ModuleType:
@@ -101,13 +113,38 @@ def _openunmix() -> ModuleType:
     return openunmix
 
 
+def _mdx23c() -> ModuleType:
+    from . import mdx23c
+
+    return mdx23c
+
+
+def _bandit_v2() -> ModuleType:
+    from . import bandit_v2
+
+    return bandit_v2
+
+
 _BUILTIN = (
     Family("demucs", _demucs, descriptors=(".yaml", ".yml"), suffixes=(".safetensors",),
            entry=EntryRule(bag=True, weight_suffixes=(".safetensors",)),
            hint="<name>.yaml with its <sig>.safetensors files, or one .safetensors file"),
-    Family("roformer", _roformer, archs=("BSRoformer", "MelBandRoformer", "bs_roformer", "mel_band_roformer"),
+    Family("conformer", _conformer, archs=("bs_conformer", "mel_band_conformer"),
+           suffixes=(".ckpt", ".pth"), entry=EntryRule(config="required", checkpoint=True),
+           hint="a BS-/Mel-Band Conformer .ckpt/.pth with its YAML config", takes_config=True),
+    Family("roformer", _roformer, archs=("BSRoformer", "MelBandRoformer", "bs_roformer", "mel_band_roformer",
+                                          "bs_roformer_experimental", "mel_band_roformer_experimental"),
            suffixes=(".ckpt", ".pth"), entry=EntryRule(config="required", checkpoint=True),
            hint="a RoFormer .ckpt/.pth with its YAML config", takes_config=True),
+    Family("scnet", _scnet, archs=("scnet", "scnet_masked", "scnet_tran"), suffixes=(".ckpt", ".pth"),
+           entry=EntryRule(config="required", checkpoint=True),
+           hint="an SCNet .ckpt with its MSST YAML config", takes_config=True),
+    Family("mdx23c", _mdx23c, archs=("mdx23c",), suffixes=(".ckpt", ".pth"),
+           entry=EntryRule(config="required", checkpoint=True), hint="an MDX23C .ckpt with its MSST YAML config",
+           takes_config=True),
+    Family("bandit_v2", _bandit_v2, archs=("bandit_v2",), suffixes=(".ckpt", ".pth"),
+           entry=EntryRule(config="required", checkpoint=True),
+           hint="a BandIt v2 .ckpt/.pth with its MSST YAML config (a kwargs: section)", takes_config=True),
     Family("openunmix", _openunmix, folder_suffixes=(".json", ".pth"), entry=EntryRule(config="mapping", weight_suffixes=(".pth",)),
            hint="Open-Unmix's <target>.json files with their <target>*.pth weights"),
 )

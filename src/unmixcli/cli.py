@@ -515,7 +515,7 @@ def _fmt_bytes(n: Optional[int]) -> str:
 
 
 def _fmt_sdr_short(spec) -> str:
-    """The published overall SDR in dB, or the first stem's ("vocals 10.98"), or n/a."""
+    """The published overall SDR in dB, or the first stem's ("voc 11.0"), or n/a."""
     sdr = spec.sdr
     if sdr is None:
         return "n/a"
@@ -523,7 +523,7 @@ def _fmt_sdr_short(spec) -> str:
         return f"{sdr.value:.2f}"
     if sdr.stems:
         stem, value = next(iter(sdr.stems.items()))
-        return f"{stem[:3]} {value:.2f}"
+        return f"{stem[:3]} {value:.1f}"
     return "n/a"
 
 
@@ -569,7 +569,7 @@ def models_list_cmd(
         # Grouped by what the models are for, one table per group with the same column widths,
         # 79 characters in all (the dataset of a score, quantization and licence terms are in
         # `models info`).
-        widths = (("name", 16, "left"), ("stems", 23, "left"), ("size", 7, "right"), ("SDR", 10, "right"),
+        widths = (("name", 20, "left"), ("stems", 20, "left"), ("size", 7, "right"), ("SDR", 9, "right"),
                   ("licence", 11, "left"), ("cached", 7, "left"))
         ordered = sorted(zip(reg, rows), key=lambda pair: list(PURPOSES).index(pair[0].purpose))
         for purpose in dict.fromkeys(spec.purpose for spec, _ in ordered):

@@ -21,12 +21,18 @@ The forward pass is ours and written for inference:
   attention wants;
 * attention is `scaled_dot_product_attention`.
 
+The pieces around the sequence core (`BandSplitModel`: options, STFT front,
+masks and ISTFT back; the band layouts `FixedBands` and `MelBands`) are shared
+with the BS-/Mel-Band Conformers (`models/conformer.py`).
+
 Shapes: B batch, S stems, C audio channels, T samples, F frequency bins,
 N STFT frames, K bands, D model width, H heads, E head width.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -100,17 +106,25 @@ def slaney_mel_filterbank(
     return bank
 
 
-def mel_band_membership(sample_rate: int, n_fft: int, num_bands: int) -> np.ndarray:
+def mel_band_membership(sample_rate: int, n_fft: int, num_bands: int,
+                        corner_share: Optional[float] = None) -> np.ndarray:
     """Which bins belong to which mel band, `[num_bands, n_fft // 2 + 1]` bool.
 
     A bin belongs to every band whose filter is positive there. The lowest bin
     (weight 0 in the first filter) and the Nyquist bin (weight ~0, rounding to
-    exactly 0 on some platforms) are forced into the first and last band so
-    that every bin is covered, as the reference does.
+    exactly 0 on some platforms) are put into the first and last band so that
+    every bin is covered. How differs by model type, and matters where a corner
+    weight of 0 stays 0: the Mel-Band RoFormer sets both weights to 1 (the
+    default, `corner_share=None`); the Mel-Band Conformer sets each to
+    `corner_share` (1/4) times its neighbour's weight.
     """
     bank = slaney_mel_filterbank(sample_rate, n_fft, num_bands)
-    bank[0, 0] = 1.0
-    bank[-1, -1] = 1.0
+    if corner_share is None:
+        bank[0, 0] = 1.0
+        bank[-1, -1] = 1.0
+    else:
+        bank[0, 0] = bank[0, 1] * corner_share
+        bank[-1, -1] = bank[-1, -2] * corner_share
     member = bank > 0
     if not member.any(axis=0).all():
         raise ValueError("mel bands leave some frequency bins uncovered")
@@ -160,6 +174,19 @@ class RotaryEmbedding(nn.Module):
         pos = torch.arange(length, device=device, dtype=self.freqs.dtype)
         angles = pos[:, None] * self.freqs[None, :]
         return torch.complex(angles.cos().to(dtype), angles.sin().to(dtype))
+
+    def rotate(self, t: Tensor) -> Tensor:
+        """Rotate `t` `[..., L, E]` by position along L; the result has `t`'s dtype.
+
+        Angles and product are computed in the frequencies' precision (fp32), also
+        when `t` comes from bf16 autocast (for the models that rotate per call
+        instead of through `table`).
+        """
+        pairs = t.to(self.freqs.dtype).unflatten(-1, (-1, 2))  # [..., L, E/2, 2]
+        if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-1]):
+            pairs = pairs.contiguous()  # view_as_complex needs whole complex numbers in memory
+        table = self.table(t.shape[-2], t.device, self.freqs.dtype)  # [L, E/2]
+        return torch.view_as_real(torch.view_as_complex(pairs) * table).flatten(-2).to(t.dtype)
 
 
 class FeedForward(nn.Module):
@@ -469,34 +496,134 @@ class _Workspace:
         return buf[:numel].view(shape)
 
 
-# --------------------------------------------------------------------------- models
+# --------------------------------------------------------------------------- band-split models
 
 
-class _RoformerBase(nn.Module):
-    """What the two families share: STFT front, axial transformers, masks, ISTFT back."""
+def band_split_options(
+    *,
+    stereo: bool = False,
+    num_stems: int = 1,
+    dim_head: int = 64,
+    heads: int = 8,
+    flash_attn: bool = True,
+    dim_freqs_in: int = 1025,
+    stft_n_fft: int = 2048,
+    stft_hop_length: int = 512,
+    stft_win_length: int = 2048,
+    stft_normalized: bool = False,
+    stft_window_fn: Optional[Callable] = None,
+    zero_dc: bool = True,
+    multi_stft_resolution_loss_weight: float = 1.0,
+    multi_stft_resolutions_window_sizes: Tuple[int, ...] = (4096, 2048, 1024, 512, 256),
+    multi_stft_hop_size: int = 147,
+    multi_stft_normalized: bool = False,
+    multi_stft_window_fn: Callable = torch.hann_window,
+    mlp_expansion_factor: int = 4,
+    use_torch_checkpoint: bool = False,
+    skip_connection: bool = False,
+    sage_attention: bool = False,
+    active_stems: Optional[Sequence[int]] = None,
+    sources: Optional[Sequence[str]] = None,
+    segment: Optional[float] = None,
+    sample_rate: int = SAMPLERATE,
+) -> None:
+    """The config options (with MSST's defaults) of every band-split model here, whatever
+    its band layout and core; see `BandSplitModel`."""
 
-    # set by subclasses
+
+def fixed_band_options(
+    *,
+    freqs_per_bands: Tuple[int, ...] = DEFAULT_FREQS_PER_BANDS,
+    attn_dropout: float = 0.0,
+    ff_dropout: float = 0.0,
+    mask_estimator_depth: int = 2,
+) -> None:
+    """The options of the BS- types' layout, and the defaults their MSST classes give the
+    dropouts and the mask depth (`FixedBands`)."""
+
+
+def mel_band_options(
+    *,
+    num_bands: int = 60,
+    attn_dropout: float = 0.1,
+    ff_dropout: float = 0.1,
+    mask_estimator_depth: int = 1,
+    match_input_audio_length: bool = False,
+) -> None:
+    """The options of the Mel- types' layout, and the defaults their MSST classes give the
+    dropouts and the mask depth (`MelBands`). `match_input_audio_length` is accepted for
+    compatibility: the output always has the input's length."""
+
+
+def roformer_options(
+    *,
+    time_transformer_depth: int = 2,
+    freq_transformer_depth: int = 2,
+    linear_transformer_depth: int = 0,
+    use_pope: bool = False,
+    experimental_residuals: bool = False,
+    value_residuals: bool = False,
+) -> None:
+    """The options of the RoFormers' core (`_RoformerBase`)."""
+
+
+def takes_options(*groups: Callable[..., None]) -> Callable:
+    """Decorator for a model's `__init__(self, dim, *, depth, **options)`: `options` are the
+    keyword parameters of the `groups` (functions that only declare them).
+
+    The signature it gets lists them all after its own (the loaders read it to refuse
+    config keys a model does not have), an unknown keyword is a TypeError as usual, and
+    `options` arrives complete, the defaults filled in. A model type is thus its band
+    layout's, its core's and the shared option groups, each declared once.
+    """
+
+    def wrap(init: Callable) -> Callable:
+        own = inspect.signature(init)
+        params = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        params += [p for group in groups for p in inspect.signature(group).parameters.values()]
+        signature = own.replace(parameters=params)  # ValueError if a name is declared twice
+
+        @functools.wraps(init)
+        def __init__(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return init(**bound.arguments)
+
+        __init__.__signature__ = signature  # type: ignore[attr-defined]
+        return __init__
+
+    return wrap
+
+
+class BandSplitModel(nn.Module):
+    """What every band-split model here has around its sequence core.
+
+    The RoFormers (axial transformers) and the Conformers (axial conformers) are
+    this, one band layout (`FixedBands` or `MelBands`: which bins each band reads,
+    the per-band `band_split` in and `mask_estimators` out) and a core (`layers`,
+    `_trunk`). Here: the options they all have, the STFT front and the masks and
+    ISTFT back.
+    """
+
     final_norm: Optional[RMSNorm]
+    band_split: BandSplit
+    mask_estimators: nn.ModuleList
 
-    def _common_init(self, *, dim, depth, stereo, num_stems, time_transformer_depth, freq_transformer_depth,
-                     dim_head, heads, attn_dropout, ff_dropout, flash_attn, stft_n_fft, stft_hop_length,
-                     stft_win_length, stft_normalized, stft_window_fn, norm_output, skip_connection, zero_dc,
-                     linear_transformer_depth, use_pope, active_stems, experimental_residuals, value_residuals,
-                     sources, segment, sample_rate):
-        if linear_transformer_depth:
-            raise ValueError("linear_transformer_depth > 0 (linear-attention layers) is not supported")
-        if use_pope:
-            raise ValueError("use_pope (PoPE positions instead of rotary ones) is not supported")
-        self.stereo = stereo
+    def _setup(self, *, stereo, num_stems, active_stems, sources, segment, sample_rate, zero_dc,
+               skip_connection, stft_n_fft, stft_hop_length, stft_win_length, stft_normalized, stft_window_fn,
+               **_others) -> None:
+        """Set the options every band-split model reads (the others are the core's, the
+        layout's, or training-only)."""
+        self.stereo = bool(stereo)
         self.audio_channels = 2 if stereo else 1
-        self.num_stems = num_stems
-        self.skip_connection = skip_connection
-        self.zero_dc = zero_dc
+        self.num_stems = int(num_stems)
+        self.skip_connection = bool(skip_connection)
+        self.zero_dc = bool(zero_dc)
         self.samplerate = int(sample_rate)
         # The mask heads the forward runs, in output order: all of them, or (MSST's
         # active_stem_ids) only the target's of a config with target_instrument.
-        active = list(range(num_stems)) if active_stems is None else [int(i) for i in active_stems]
-        if not active or any(not 0 <= i < num_stems for i in active):
+        active = list(range(self.num_stems)) if active_stems is None else [int(i) for i in active_stems]
+        if not active or any(not 0 <= i < self.num_stems for i in active):
             raise ValueError(f"active stems {active} are not among the model's {num_stems} heads")
         self.active_stems = active
         self.sources = list(sources) if sources is not None else [f"stem{i}" for i in active]
@@ -508,6 +635,138 @@ class _RoformerBase(nn.Module):
         self.stft_kwargs = dict(n_fft=stft_n_fft, hop_length=stft_hop_length, win_length=stft_win_length,
                                 normalized=stft_normalized)
         self.stft_window_fn = stft_window_fn if stft_window_fn is not None else torch.hann_window
+
+    @property
+    def num_bins(self) -> int:
+        return self.stft_kwargs["n_fft"] // 2 + 1
+
+    def _window(self, device) -> Tensor:
+        return self.stft_window_fn(self.stft_kwargs["win_length"], device=device)
+
+    def _bands_in(self, spec: Tensor) -> Tensor:
+        """Pick the bins each band reads: `[B, N, F * C, 2]` -> `[B, N, sum(band bins * C), 2]`."""
+        raise NotImplementedError
+
+    def _masks_out(self, masks: Tensor) -> Tensor:
+        """Per-band masks `[B, S, N, sum(band bins * C), 2]` -> per-bin `[B, S, N, F * C, 2]`."""
+        raise NotImplementedError
+
+    def _spectrogram(self, mix: Tensor) -> Tuple[Tensor, Tensor]:
+        """`mix` `[B, C, T]` (or `[B, T]`) -> its spectrogram `[B, N, F * C, 2]` and the STFT window.
+
+        Bins and channels interleave on one axis (bin f, channel c at f * C + c),
+        real and imaginary parts innermost.
+        """
+        if mix.dim() == 2:
+            mix = mix[:, None]
+        bsz, channels, length = mix.shape
+        if channels != self.audio_channels:
+            raise ValueError(f"expected {self.audio_channels} audio channel(s), got {channels}")
+        window = self._window(mix.device)
+        spec = torch.stft(mix.reshape(bsz * channels, length).float(), **self.stft_kwargs, window=window,
+                          return_complex=True)  # [B*C, F, N]
+        bins, frames = spec.shape[-2:]
+        spec_ri = torch.view_as_real(spec).view(bsz, channels, bins, frames, 2)
+        return spec_ri.permute(0, 3, 2, 1, 4).reshape(bsz, frames, bins * channels, 2), window
+
+    def _tokens(self, spec_ri: Tensor) -> Tensor:
+        """The spectrogram `[B, N, F * C, 2]` as the band tokens `[B, N, K, D]`."""
+        bsz, frames = spec_ri.shape[:2]
+        return self.band_split(self._bands_in(spec_ri).reshape(bsz, frames, -1))
+
+    def _separate(self, spec_ri: Tensor, masks: Tensor, window: Tensor, length: int) -> Tensor:
+        """Apply the active heads' band masks `[B, S, N, sum(band bins * C * 2)]` to the
+        spectrogram `[B, N, F * C, 2]`; the stems' audio `[B, S, C, T]`."""
+        bsz, frames, width, _ = spec_ri.shape
+        stems, channels = masks.shape[1], self.audio_channels
+        bins = width // channels
+        masks = self._masks_out(masks.view(bsz, stems, frames, -1, 2))  # [B, S, N, F*C, 2]
+        out = torch.view_as_complex(spec_ri)[:, None] * torch.view_as_complex(masks.contiguous())  # [B, S, N, F*C]
+        out = out.view(bsz, stems, frames, bins, channels).permute(0, 1, 4, 3, 2)
+        out = out.reshape(-1, bins, frames)  # [B*S*C, F, N]
+        if self.zero_dc:
+            out[:, 0] = 0
+        audio = torch.istft(out, **self.stft_kwargs, window=window, length=length)  # [B*S*C, T]
+        return audio.view(bsz, stems, channels, length)
+
+
+class FixedBands(BandSplitModel):
+    """Band layout of the BS- types: contiguous bands of `freqs_per_bands` bins, in order."""
+
+    def _layout(self, dim: int, freqs_per_bands: Sequence[int], mask_linears: int,
+                mlp_expansion_factor: int) -> None:
+        """Build `band_split` and `mask_estimators`; `mask_linears`: Linear layers per band's mask MLP."""
+        freqs_per_bands = tuple(int(f) for f in freqs_per_bands)
+        if len(freqs_per_bands) < 2:
+            raise ValueError(f"{type(self).__name__} needs at least two bands")
+        if sum(freqs_per_bands) != self.num_bins:
+            raise ValueError(f"freqs_per_bands covers {sum(freqs_per_bands)} bins, the STFT has {self.num_bins}")
+        self.freqs_per_bands = freqs_per_bands
+        band_dims = tuple(2 * f * self.audio_channels for f in freqs_per_bands)
+        self.band_split = BandSplit(dim, band_dims)
+        self.mask_estimators = nn.ModuleList(
+            MaskEstimator(dim, band_dims, depth=mask_linears, mlp_expansion_factor=mlp_expansion_factor)
+            for _ in range(self.num_stems)
+        )
+
+    def _bands_in(self, spec: Tensor) -> Tensor:
+        return spec  # the bands tile the bins in order
+
+    def _masks_out(self, masks: Tensor) -> Tensor:
+        return masks
+
+
+class MelBands(BandSplitModel):
+    """Band layout of the Mel- types: overlapping bands (which bins each mel filter
+    covers); masks are averaged over the bands that share a bin."""
+
+    def _layout(self, dim: int, member: np.ndarray, mask_linears: int, mlp_expansion_factor: int) -> None:
+        """Build `band_split` and `mask_estimators` for the bands of `member` (`[K, F]` bool, see
+        `mel_band_membership`); `mask_linears`: Linear layers per band's mask MLP."""
+        member = torch.from_numpy(member)
+        if member.shape[1] != self.num_bins:
+            raise ValueError("mel filterbank and STFT disagree on the number of bins")
+        # Bins of band 0, then band 1, ... (a bin may appear in several bands).
+        bin_index = torch.arange(self.num_bins).expand(member.shape[0], -1)[member]
+        channels = self.audio_channels
+        # Each bin contributes all its channels, interleaved as on the spectrogram axis.
+        index = (bin_index[:, None] * channels + torch.arange(channels)[None, :]).reshape(-1)
+        self.register_buffer("freq_indices", index, persistent=False)
+        self.register_buffer("freqs_per_band", member, persistent=False)
+        self.register_buffer("num_freqs_per_band", member.sum(dim=1), persistent=False)
+        self.register_buffer("num_bands_per_freq", member.sum(dim=0), persistent=False)
+        band_dims = tuple(2 * int(n) * channels for n in member.sum(dim=1).tolist())
+        self.band_split = BandSplit(dim, band_dims)
+        self.mask_estimators = nn.ModuleList(
+            MaskEstimator(dim, band_dims, depth=mask_linears, mlp_expansion_factor=mlp_expansion_factor)
+            for _ in range(self.num_stems)
+        )
+
+    def _bands_in(self, spec: Tensor) -> Tensor:
+        return spec.index_select(2, self.freq_indices)
+
+    def _masks_out(self, masks: Tensor) -> Tensor:
+        bsz, stems, frames, _, _ = masks.shape
+        summed = masks.new_zeros(bsz, stems, frames, self.num_bins * self.audio_channels, 2)
+        summed.index_add_(3, self.freq_indices, masks)
+        counts = self.num_bands_per_freq.repeat_interleave(self.audio_channels).to(masks.dtype)  # [F*C]
+        return summed.div_(counts[:, None])
+
+
+# --------------------------------------------------------------------------- models
+
+
+class _RoformerBase(BandSplitModel):
+    """The RoFormers' core: axial transformers over the band tokens."""
+
+    def _common_init(self, *, dim, depth, time_transformer_depth, freq_transformer_depth, dim_head, heads,
+                     attn_dropout, ff_dropout, flash_attn, norm_output, linear_transformer_depth, use_pope,
+                     experimental_residuals, value_residuals, **options):
+        if linear_transformer_depth:
+            raise ValueError("linear_transformer_depth > 0 (linear-attention layers) is not supported")
+        if use_pope:
+            raise ValueError("use_pope (PoPE positions instead of rotary ones) is not supported")
+        self._setup(**options)
         self.layers = nn.ModuleList()
         kw = dict(dim=dim, heads=heads, dim_head=dim_head, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
                   flash_attn=flash_attn, norm_output=norm_output)
@@ -533,21 +792,6 @@ class _RoformerBase(nn.Module):
         for later in list(self.layers)[1:] if experimental_residuals else []:
             for transformer in later:
                 transformer.residual = False
-
-    @property
-    def num_bins(self) -> int:
-        return self.stft_kwargs["n_fft"] // 2 + 1
-
-    def _window(self, device) -> Tensor:
-        return self.stft_window_fn(self.stft_kwargs["win_length"], device=device)
-
-    def _bands_in(self, spec: Tensor) -> Tensor:
-        """Pick the bins each band reads: `[B, N, F * C, 2]` -> `[B, N, sum(band bins * C), 2]`."""
-        raise NotImplementedError
-
-    def _masks_out(self, masks: Tensor) -> Tensor:
-        """Per-band masks `[B, S, N, sum(band bins * C), 2]` -> per-bin `[B, S, N, F * C, 2]`."""
-        raise NotImplementedError
 
     def _trunk(self, x: Tensor, ws: _Workspace) -> None:
         """Axial transformers over the token grid `x` `[B, N, K, D]`, in place."""
@@ -575,40 +819,17 @@ class _RoformerBase(nn.Module):
 
     def forward(self, mix: Tensor) -> Tensor:
         """Separate `mix` `[B, C, T]` into stems `[B, S, C, T]` (inference only)."""
-        if mix.dim() == 2:
-            mix = mix[:, None]
-        bsz, channels, length = mix.shape
-        if channels != self.audio_channels:
-            raise ValueError(f"expected {self.audio_channels} audio channel(s), got {channels}")
         with torch.no_grad():
-            window = self._window(mix.device)
-            spec = torch.stft(mix.reshape(bsz * channels, length), **self.stft_kwargs, window=window,
-                              return_complex=True)  # [B*C, F, N]
-            bins, frames = spec.shape[-2:]
-            # Bins and channels interleave on one axis (bin f, channel c at f * C + c),
-            # real and imaginary parts innermost: [B, N, F * C, 2].
-            spec_ri = torch.view_as_real(spec).view(bsz, channels, bins, frames, 2)
-            spec_ri = spec_ri.permute(0, 3, 2, 1, 4).reshape(bsz, frames, bins * channels, 2)
-
+            spec_ri, window = self._spectrogram(mix)  # [B, N, F * C, 2]
             ws = _Workspace()
-            x = self.band_split(self._bands_in(spec_ri).reshape(bsz, frames, -1))  # [B, N, K, D]
-            x = x.contiguous()
+            x = self._tokens(spec_ri).contiguous()  # [B, N, K, D]
             self._trunk(x, ws)
-            stems = len(self.active_stems)
             masks = torch.stack([self.mask_estimators[i](x, ws) for i in self.active_stems], dim=1)  # [B, S, N, sum]
             del ws, x
-            masks = self._masks_out(masks.view(bsz, stems, frames, -1, 2))  # [B, S, N, F*C, 2]
-
-            out = torch.view_as_complex(spec_ri)[:, None] * torch.view_as_complex(masks)  # [B, S, N, F*C]
-            out = out.view(bsz, stems, frames, bins, channels).permute(0, 1, 4, 3, 2)
-            out = out.reshape(-1, bins, frames)  # [B*S*C, F, N]
-            if self.zero_dc:
-                out[:, 0] = 0
-            audio = torch.istft(out, **self.stft_kwargs, window=window, length=length)
-            return audio.view(bsz, stems, channels, length)
+            return self._separate(spec_ri, masks, window, mix.shape[-1])
 
 
-class BSRoformer(_RoformerBase):
+class BSRoformer(FixedBands, _RoformerBase):
     """BS-RoFormer: fixed contiguous bands given by `freqs_per_bands`.
 
     Constructor arguments are those of the checkpoints' configs; training-only
@@ -628,173 +849,28 @@ class BSRoformer(_RoformerBase):
     the later blocks' attention mixes in the first block's values.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        depth: int,
-        stereo: bool = False,
-        num_stems: int = 1,
-        time_transformer_depth: int = 2,
-        freq_transformer_depth: int = 2,
-        linear_transformer_depth: int = 0,
-        freqs_per_bands: Tuple[int, ...] = DEFAULT_FREQS_PER_BANDS,
-        dim_head: int = 64,
-        heads: int = 8,
-        attn_dropout: float = 0.0,
-        ff_dropout: float = 0.0,
-        flash_attn: bool = True,
-        dim_freqs_in: int = 1025,
-        stft_n_fft: int = 2048,
-        stft_hop_length: int = 512,
-        stft_win_length: int = 2048,
-        stft_normalized: bool = False,
-        stft_window_fn: Optional[Callable] = None,
-        zero_dc: bool = True,
-        mask_estimator_depth: int = 2,
-        multi_stft_resolution_loss_weight: float = 1.0,
-        multi_stft_resolutions_window_sizes: Tuple[int, ...] = (4096, 2048, 1024, 512, 256),
-        multi_stft_hop_size: int = 147,
-        multi_stft_normalized: bool = False,
-        multi_stft_window_fn: Callable = torch.hann_window,
-        mlp_expansion_factor: int = 4,
-        use_torch_checkpoint: bool = False,
-        skip_connection: bool = False,
-        sage_attention: bool = False,
-        use_pope: bool = False,
-        active_stems: Optional[Sequence[int]] = None,
-        experimental_residuals: bool = False,
-        value_residuals: bool = False,
-        sources: Optional[Sequence[str]] = None,
-        segment: Optional[float] = None,
-        sample_rate: int = SAMPLERATE,
-    ):
+    @takes_options(fixed_band_options, roformer_options, band_split_options)
+    def __init__(self, dim: int, *, depth: int, **options):
         super().__init__()
-        self._common_init(
-            dim=dim, depth=depth, stereo=stereo, num_stems=num_stems,
-            time_transformer_depth=time_transformer_depth, freq_transformer_depth=freq_transformer_depth,
-            dim_head=dim_head, heads=heads, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
-            flash_attn=flash_attn, stft_n_fft=stft_n_fft, stft_hop_length=stft_hop_length,
-            stft_win_length=stft_win_length, stft_normalized=stft_normalized, stft_window_fn=stft_window_fn,
-            norm_output=False, skip_connection=skip_connection, zero_dc=zero_dc,
-            linear_transformer_depth=linear_transformer_depth, use_pope=use_pope, active_stems=active_stems,
-            experimental_residuals=experimental_residuals, value_residuals=value_residuals,
-            sources=sources, segment=segment,
-            sample_rate=sample_rate,
-        )
+        self._common_init(dim=dim, depth=depth, norm_output=False, **options)
         self.final_norm = RMSNorm(dim)
-        freqs_per_bands = tuple(int(f) for f in freqs_per_bands)
-        if len(freqs_per_bands) < 2:
-            raise ValueError("BS-RoFormer needs at least two bands")
-        if sum(freqs_per_bands) != self.num_bins:
-            raise ValueError(f"freqs_per_bands covers {sum(freqs_per_bands)} bins, the STFT has {self.num_bins}")
-        self.freqs_per_bands = freqs_per_bands
-        band_dims = tuple(2 * f * self.audio_channels for f in freqs_per_bands)
-        self.band_split = BandSplit(dim, band_dims)
         # BS-RoFormer's MLP depth counts Linear layers.
-        self.mask_estimators = nn.ModuleList(
-            MaskEstimator(dim, band_dims, depth=mask_estimator_depth, mlp_expansion_factor=mlp_expansion_factor)
-            for _ in range(num_stems)
-        )
-
-    def _bands_in(self, spec: Tensor) -> Tensor:
-        return spec  # the bands tile the bins in order
-
-    def _masks_out(self, masks: Tensor) -> Tensor:
-        return masks
+        self._layout(dim, options["freqs_per_bands"], options["mask_estimator_depth"],
+                     options["mlp_expansion_factor"])
 
 
-class MelBandRoformer(_RoformerBase):
+class MelBandRoformer(MelBands, _RoformerBase):
     """Mel-Band RoFormer: overlapping bands from a mel filterbank; masks averaged where bands overlap.
 
     Same extra arguments as `BSRoformer`; `match_input_audio_length` is
     accepted for compatibility (the output always has the input's length).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        depth: int,
-        stereo: bool = False,
-        num_stems: int = 1,
-        time_transformer_depth: int = 2,
-        freq_transformer_depth: int = 2,
-        linear_transformer_depth: int = 0,
-        num_bands: int = 60,
-        dim_head: int = 64,
-        heads: int = 8,
-        attn_dropout: float = 0.1,
-        ff_dropout: float = 0.1,
-        flash_attn: bool = True,
-        dim_freqs_in: int = 1025,
-        sample_rate: int = SAMPLERATE,
-        stft_n_fft: int = 2048,
-        stft_hop_length: int = 512,
-        stft_win_length: int = 2048,
-        stft_normalized: bool = False,
-        stft_window_fn: Optional[Callable] = None,
-        zero_dc: bool = True,
-        mask_estimator_depth: int = 1,
-        multi_stft_resolution_loss_weight: float = 1.0,
-        multi_stft_resolutions_window_sizes: Tuple[int, ...] = (4096, 2048, 1024, 512, 256),
-        multi_stft_hop_size: int = 147,
-        multi_stft_normalized: bool = False,
-        multi_stft_window_fn: Callable = torch.hann_window,
-        match_input_audio_length: bool = False,
-        mlp_expansion_factor: int = 4,
-        use_torch_checkpoint: bool = False,
-        skip_connection: bool = False,
-        sage_attention: bool = False,
-        use_pope: bool = False,
-        active_stems: Optional[Sequence[int]] = None,
-        experimental_residuals: bool = False,
-        value_residuals: bool = False,
-        sources: Optional[Sequence[str]] = None,
-        segment: Optional[float] = None,
-    ):
+    @takes_options(mel_band_options, roformer_options, band_split_options)
+    def __init__(self, dim: int, *, depth: int, **options):
         super().__init__()
-        self._common_init(
-            dim=dim, depth=depth, stereo=stereo, num_stems=num_stems,
-            time_transformer_depth=time_transformer_depth, freq_transformer_depth=freq_transformer_depth,
-            dim_head=dim_head, heads=heads, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
-            flash_attn=flash_attn, stft_n_fft=stft_n_fft, stft_hop_length=stft_hop_length,
-            stft_win_length=stft_win_length, stft_normalized=stft_normalized, stft_window_fn=stft_window_fn,
-            norm_output=True, skip_connection=skip_connection, zero_dc=zero_dc,
-            linear_transformer_depth=linear_transformer_depth, use_pope=use_pope, active_stems=active_stems,
-            experimental_residuals=experimental_residuals, value_residuals=value_residuals,
-            sources=sources, segment=segment,
-            sample_rate=sample_rate,
-        )
+        self._common_init(dim=dim, depth=depth, norm_output=True, **options)
         self.final_norm = None
-        member = torch.from_numpy(mel_band_membership(sample_rate, stft_n_fft, num_bands))  # [K, F]
-        if member.shape[1] != self.num_bins:
-            raise ValueError("mel filterbank and STFT disagree on the number of bins")
-        # Bins of band 0, then band 1, ... (a bin may appear in several bands).
-        bin_index = torch.arange(self.num_bins).expand(num_bands, -1)[member]
-        channels = self.audio_channels
-        # Each bin contributes all its channels, interleaved as on the spectrogram axis.
-        index = (bin_index[:, None] * channels + torch.arange(channels)[None, :]).reshape(-1)
-        self.register_buffer("freq_indices", index, persistent=False)
-        self.register_buffer("freqs_per_band", member, persistent=False)
-        self.register_buffer("num_freqs_per_band", member.sum(dim=1), persistent=False)
-        self.register_buffer("num_bands_per_freq", member.sum(dim=0), persistent=False)
-        band_dims = tuple(2 * int(n) * channels for n in member.sum(dim=1).tolist())
-        self.band_split = BandSplit(dim, band_dims)
         # Mel-Band RoFormer's MLP depth counts hidden layers: one more Linear than BS.
-        self.mask_estimators = nn.ModuleList(
-            MaskEstimator(dim, band_dims, depth=mask_estimator_depth + 1,
-                          mlp_expansion_factor=mlp_expansion_factor)
-            for _ in range(num_stems)
-        )
-
-    def _bands_in(self, spec: Tensor) -> Tensor:
-        return spec.index_select(2, self.freq_indices)
-
-    def _masks_out(self, masks: Tensor) -> Tensor:
-        bsz, stems, frames, _, _ = masks.shape
-        width = self.num_bins * self.audio_channels
-        summed = masks.new_zeros(bsz, stems, frames, width, 2)
-        summed.index_add_(3, self.freq_indices, masks)
-        counts = self.num_bands_per_freq.repeat_interleave(self.audio_channels).to(masks.dtype)
-        return summed.div_(counts[:, None])
+        member = mel_band_membership(options["sample_rate"], options["stft_n_fft"], options["num_bands"])
+        self._layout(dim, member, options["mask_estimator_depth"] + 1, options["mlp_expansion_factor"])

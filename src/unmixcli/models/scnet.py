@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .roformer import RMSNorm as RoformerRMSNorm
+from .roformer import RotaryEmbedding as RoformerRotaryEmbedding
 
 
 # --------------------------------------------------------------------------- encoder / decoder pieces
@@ -216,27 +218,22 @@ class DualPathRNN(nn.Module):
         return x + _from_time(self.linear_layers[1](y), shape)
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.scale = dim ** 0.5
-        self.gamma = nn.Parameter(torch.ones(dim))
+class RMSNorm(RoformerRMSNorm):
+    """The RoFormers' RMSNorm, with MSST's SCNet-Tran order of the two scalings
+    (the RoFormers fold `gamma * scale` first), so the numbers stay MSST's."""
 
     def forward(self, x: Tensor) -> Tensor:
         return F.normalize(x, dim=-1) * self.scale * self.gamma
 
 
-class RotaryEmbedding(nn.Module):
+class RotaryEmbedding(RoformerRotaryEmbedding):
     """Rotary positions on the first `dim` features of each head, pairs interleaved.
 
-    `freqs` (dim / 2 inverse wavelengths, 10000 ** (-2i / dim)) is a parameter because
-    MSST's checkpoints store it as one; the loaded values are the ones used.
+    The RoFormers' `freqs` (dim / 2 inverse wavelengths, a parameter because MSST's
+    checkpoints store it as one; the loaded values are the ones used). The rotation
+    is SCNet-Tran's own: it may cover only part of a head (tran_rotary_embedding_dim
+    < tran_dim_head, the rest passes through), and it is computed in `t`'s dtype.
     """
-
-    def __init__(self, dim: int, theta: float = 10000.0):
-        super().__init__()
-        freqs = 1.0 / theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim)
-        self.freqs = nn.Parameter(freqs, requires_grad=False)
 
     def rotate(self, t: Tensor) -> Tensor:  # [B, H, L, E] -> [B, H, L, E]
         length = t.shape[-2]

@@ -344,7 +344,7 @@ def test_load_local_errors(tmp_path):
         dx.export_bag([dx.tiny_demucs()], None, None, two, name)
     with pytest.raises(CheckpointError, match="several bag files"):
         load_local(two)
-    odd = tmp_path / "model.onnx"
+    odd = tmp_path / "model.npz"
     odd.write_bytes(b"\0")
     with pytest.raises(CheckpointError, match="unsupported model file type"):
         load_local(odd)

@@ -119,6 +119,12 @@ def _mdx23c() -> ModuleType:
     return mdx23c
 
 
+def _mdxnet() -> ModuleType:
+    from . import mdxnet
+
+    return mdxnet
+
+
 def _bandit_v2() -> ModuleType:
     from . import bandit_v2
 
@@ -145,6 +151,9 @@ _BUILTIN = (
     Family("bandit_v2", _bandit_v2, archs=("bandit_v2",), suffixes=(".ckpt", ".pth"),
            entry=EntryRule(config="required", checkpoint=True),
            hint="a BandIt v2 .ckpt/.pth with its MSST YAML config (a kwargs: section)", takes_config=True),
+    Family("mdxnet", _mdxnet, suffixes=(".onnx",),
+           entry=EntryRule(config="mapping", checkpoint=True, weight_suffixes=(".onnx",)),
+           hint="a UVR MDX-Net .onnx file (its parameters from UVR's table, or a <name>.json beside it)"),
     Family("openunmix", _openunmix, folder_suffixes=(".json", ".pth"), entry=EntryRule(config="mapping", weight_suffixes=(".pth",)),
            hint="Open-Unmix's <target>.json files with their <target>*.pth weights"),
 )

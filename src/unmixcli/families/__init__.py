@@ -23,7 +23,6 @@ import torch: a family's module is imported only when a model of it is loaded.
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,43 +83,78 @@ class Family:
     takes_config: bool = False
 
 
-def _lazy(name: str) -> Callable[[], ModuleType]:
-    """The loader of our own module `families.<name>`: imported on first use only, so that
-    reading the registry never imports torch. `name` is a literal of this table, never a
-    string read from a file."""
+def _demucs() -> ModuleType:
+    from . import demucs
 
-    def load() -> ModuleType:
-        return importlib.import_module(f"{__name__}.{name}")
+    return demucs
 
-    return load
+
+def _conformer() -> ModuleType:
+    from . import conformer
+
+    return conformer
+
+
+def _roformer() -> ModuleType:
+    from . import roformer
+
+    return roformer
+
+
+def _scnet() -> ModuleType:
+    from . import scnet
+
+    return scnet
+
+
+def _openunmix() -> ModuleType:
+    from . import openunmix
+
+    return openunmix
+
+
+def _mdx23c() -> ModuleType:
+    from . import mdx23c
+
+    return mdx23c
+
+
+def _mdxnet() -> ModuleType:
+    from . import mdxnet
+
+    return mdxnet
+
+
+def _bandit_v2() -> ModuleType:
+    from . import bandit_v2
+
+    return bandit_v2
 
 
 _BUILTIN = (
-    Family("demucs", _lazy("demucs"), descriptors=(".yaml", ".yml"), suffixes=(".safetensors",),
+    Family("demucs", _demucs, descriptors=(".yaml", ".yml"), suffixes=(".safetensors",),
            entry=EntryRule(bag=True, weight_suffixes=(".safetensors",)),
            hint="<name>.yaml with its <sig>.safetensors files, or one .safetensors file"),
-    Family("conformer", _lazy("conformer"), archs=("bs_conformer", "mel_band_conformer"),
+    Family("conformer", _conformer, archs=("bs_conformer", "mel_band_conformer"),
            suffixes=(".ckpt", ".pth"), entry=EntryRule(config="required", checkpoint=True),
            hint="a BS-/Mel-Band Conformer .ckpt/.pth with its YAML config", takes_config=True),
-    Family("roformer", _lazy("roformer"),
-           archs=("BSRoformer", "MelBandRoformer", "bs_roformer", "mel_band_roformer",
-                  "bs_roformer_experimental", "mel_band_roformer_experimental"),
+    Family("roformer", _roformer, archs=("BSRoformer", "MelBandRoformer", "bs_roformer", "mel_band_roformer",
+                                          "bs_roformer_experimental", "mel_band_roformer_experimental"),
            suffixes=(".ckpt", ".pth"), entry=EntryRule(config="required", checkpoint=True),
            hint="a RoFormer .ckpt/.pth with its YAML config", takes_config=True),
-    Family("scnet", _lazy("scnet"), archs=("scnet", "scnet_masked", "scnet_tran"), suffixes=(".ckpt", ".pth"),
+    Family("scnet", _scnet, archs=("scnet", "scnet_masked", "scnet_tran"), suffixes=(".ckpt", ".pth"),
            entry=EntryRule(config="required", checkpoint=True),
            hint="an SCNet .ckpt with its MSST YAML config", takes_config=True),
-    Family("mdx23c", _lazy("mdx23c"), archs=("mdx23c",), suffixes=(".ckpt", ".pth"),
+    Family("mdx23c", _mdx23c, archs=("mdx23c",), suffixes=(".ckpt", ".pth"),
            entry=EntryRule(config="required", checkpoint=True), hint="an MDX23C .ckpt with its MSST YAML config",
            takes_config=True),
-    Family("bandit_v2", _lazy("bandit_v2"), archs=("bandit_v2",), suffixes=(".ckpt", ".pth"),
+    Family("bandit_v2", _bandit_v2, archs=("bandit_v2",), suffixes=(".ckpt", ".pth"),
            entry=EntryRule(config="required", checkpoint=True),
            hint="a BandIt v2 .ckpt/.pth with its MSST YAML config (a kwargs: section)", takes_config=True),
-    Family("mdxnet", _lazy("mdxnet"), suffixes=(".onnx",),
+    Family("mdxnet", _mdxnet, suffixes=(".onnx",),
            entry=EntryRule(config="mapping", checkpoint=True, weight_suffixes=(".onnx",)),
            hint="a UVR MDX-Net .onnx file (its parameters from UVR's table, or a <name>.json beside it)"),
-    Family("openunmix", _lazy("openunmix"), folder_suffixes=(".json", ".pth"),
-           entry=EntryRule(config="mapping", weight_suffixes=(".pth",)),
+    Family("openunmix", _openunmix, folder_suffixes=(".json", ".pth"), entry=EntryRule(config="mapping", weight_suffixes=(".pth",)),
            hint="Open-Unmix's <target>.json files with their <target>*.pth weights"),
 )
 

@@ -182,13 +182,16 @@ def _bar_class(progress: Progress, filename: str) -> Any:
 def _hash_file(path: Path, algorithm: str) -> str:
     if algorithm == "git-sha1":
         # The git blob id: sha1 over "blob <size>\0" + content (the Hub's ETag of non-LFS files).
-        h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    else:
-        h = hashlib.sha256()
+        return _hashed(path, hashlib.sha1(b"blob %d\0" % path.stat().st_size)).hexdigest()
+    return _hashed(path, hashlib.sha256()).hexdigest()
+
+
+def _hashed(path: Path, h: Any) -> Any:
+    """`h` updated with the bytes of `path`; the caller may go on feeding it (a resumed download)."""
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(_HASH_BLOCK), b""):
             h.update(block)
-    return h.hexdigest()
+    return h
 
 
 def _safetensors_problem(path: Path, size: int) -> Optional[str]:
@@ -562,17 +565,28 @@ def _url_pin(file: FileSpec) -> Tuple[str, str]:
     return ("sha256", file.sha256) if file.sha256 else ("sha256-prefix", file.hash_prefix or "")
 
 
-def _remember_verified(target: Path, file: FileSpec) -> None:
-    """Stamp a file whose hash was just checked, as verify_file would, so it is not hashed again."""
-    if file.trust_first:
-        return  # nothing was checked while downloading: verify_file records or compares it
+def _remember_verified(target: Path, file: FileSpec, digest: str) -> None:
+    """Stamp a just-downloaded file as verify_file would, so it is not hashed again: its pin was
+    checked while downloading (`digest`: the sha256 computed then). A file with no published
+    hash gets `digest` as its first-download record, or, if one exists and differs, no stamp
+    (verify_file then reports the mismatch)."""
     try:
         st = target.stat()
     except OSError:
         return
-    algorithm, want = _url_pin(file)
-    _write_stamp(_url_folder_of(target, file) / _STAMP_FILE, file.name,
-                 [st.st_size, st.st_mtime_ns, st.st_ino, algorithm, want])
+    stamp_file = _url_folder_of(target, file) / _STAMP_FILE
+    if file.trust_first:
+        if not digest:
+            return
+        recorded = _read_stamps(stamp_file).get(file.name + "@first")
+        if recorded is None:
+            _write_stamp(stamp_file, file.name + "@first", digest)
+        elif recorded != digest:
+            return
+        algorithm, want = "sha256-first", digest
+    else:
+        algorithm, want = _url_pin(file)
+    _write_stamp(stamp_file, file.name, [st.st_size, st.st_mtime_ns, st.st_ino, algorithm, want])
 
 
 def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
@@ -701,13 +715,6 @@ class _ResumingDownloader:
             return 0
         return kept
 
-    def _hash_kept(self) -> Any:
-        h = hashlib.sha256()
-        with open(self.partial, "rb") as fh:
-            for block in iter(lambda: fh.read(_HASH_BLOCK), b""):
-                h.update(block)
-        return h
-
     def _get(self, session: Any, url: str) -> bool:
         """One request: append what arrives to the partial file. Returns whether it continued kept bytes."""
         import requests
@@ -728,7 +735,7 @@ class _ResumingDownloader:
             if status == 416 and start:
                 _, total = _content_range(response.headers.get("Content-Range"))
                 if total == start:  # the kept bytes were already the whole file
-                    self._got = (start, self._hash_kept().hexdigest())
+                    self._got = (start, _hashed(self.partial, hashlib.sha256()).hexdigest())
                     return True
                 atomic.discard(self.partial)
                 raise _Transient("the server cannot continue the kept partial download (HTTP 416)")
@@ -756,7 +763,7 @@ class _ResumingDownloader:
                     f"{url}: the server's file has {total} bytes, the registry pins {self.file.size}",
                     hint=f"the file at this URL is not the one pinned for '{self.spec.name}'; {self.hint}",
                 )
-            hasher = self._hash_kept() if start else hashlib.sha256()
+            hasher = _hashed(self.partial, hashlib.sha256()) if start else hashlib.sha256()
             done = start
             bar = _bar_class(self.progress, self.file.name)(
                 total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=self.file.name)
@@ -774,6 +781,11 @@ class _ResumingDownloader:
                 raise _Transient(f"truncated body: got {done} of {total} bytes")
             self._got = (done, hasher.hexdigest())
             return start > 0
+
+    @property
+    def digest(self) -> str:
+        """The sha256 of the last complete download ("" before one)."""
+        return self._got[1]
 
     def _problem(self) -> Optional[str]:
         size, digest = self._got
@@ -799,8 +811,9 @@ def _quiet_pooch() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _download_url(spec: ModelSpec, file: FileSpec, target: Path, *, keep_old: bool, progress: Progress) -> None:
-    """Put the pinned file at `target` with pooch; a forced download keeps the old copy until the new one is in."""
+def _download_url(spec: ModelSpec, file: FileSpec, target: Path, *, keep_old: bool, progress: Progress) -> str:
+    """Put the pinned file at `target` with pooch; a forced download keeps the old copy until the new one is in.
+    Returns the sha256 computed while downloading."""
     import pooch
 
     old = None
@@ -829,6 +842,7 @@ def _download_url(spec: ModelSpec, file: FileSpec, target: Path, *, keep_old: bo
         raise
     if old is not None:
         atomic.discard(old)
+    return downloader.digest
 
 
 def _fetch_url(spec: ModelSpec, file: FileSpec, folder: Path, *, offline: bool, force: bool,
@@ -858,7 +872,7 @@ def _fetch_url(spec: ModelSpec, file: FileSpec, folder: Path, *, offline: bool, 
         with FileLock(str(lock)):
             if not cached and not force and os.path.lexists(target) and verify_file(target, file) is None:
                 return target  # another process fetched it while we waited for the lock
-            _download_url(spec, file, target, keep_old=cached and problem is None, progress=progress)
+            digest = _download_url(spec, file, target, keep_old=cached and problem is None, progress=progress)
     except ValueError as exc:  # pooch's own sha256 check (ours runs first: only if the two disagree)
         raise DownloadError(f"{file.url}: the downloaded file fails pooch's hash check", hint=str(exc)) from exc
     except OSError as exc:  # a full disk, a read-only cache
@@ -866,7 +880,7 @@ def _fetch_url(spec: ModelSpec, file: FileSpec, folder: Path, *, offline: bool, 
             f"{file.url}: cannot store the download ({exc.strerror or exc})", path=exc.filename or target.parent,
             hint=f"check free disk space, and that the cache folder is writable (or set {URL_CACHE_ENV})",
         ) from exc
-    _remember_verified(target, file)
+    _remember_verified(target, file, digest)
     problem = verify_file(target, file)  # size and safetensors header (the hash was checked while downloading)
     if problem is not None:
         raise DownloadError(f"{file.url}: the downloaded file fails its check: {problem}", path=target,

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .checks import is_number, is_whole
 from .errors import DeviceError, UsageError
 from .models.bag import Contract, ModelBag
 
@@ -82,31 +83,23 @@ class EngineOptions:
     tta: bool = False
 
     def __post_init__(self) -> None:
-        if self.segment is not None and not (_is_number(self.segment) and math.isfinite(self.segment)
+        if self.segment is not None and not (is_number(self.segment) and math.isfinite(self.segment)
                                              and self.segment > 0):
             raise UsageError(f"segment must be a positive number of seconds, got {self.segment!r}",
                              hint="e.g. --segment 7.8, or leave it out for the model's own")
-        if self.overlap is not None and not (_is_number(self.overlap) and 0 <= self.overlap < 1):
+        if self.overlap is not None and not (is_number(self.overlap) and 0 <= self.overlap < 1):
             raise UsageError(f"overlap must be in [0, 1), got {self.overlap!r}",
                              hint="e.g. --overlap 0.25")
-        if not (_is_whole(self.shifts) and self.shifts >= 0):
+        if not (is_whole(self.shifts) and self.shifts >= 0):
             raise UsageError(f"shifts must be a whole number >= 0, got {self.shifts!r}")
-        if not _is_whole(self.seed):
+        if not is_whole(self.seed):
             raise UsageError(f"seed must be a whole number, got {self.seed!r}")
-        if not (_is_whole(self.batch_size) and self.batch_size >= 1):
+        if not (is_whole(self.batch_size) and self.batch_size >= 1):
             raise UsageError(f"batch size must be a whole number >= 1, got {self.batch_size!r}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision {self.precision!r}", hint=f"use one of: {', '.join(PRECISIONS)}")
         if not isinstance(self.tta, (bool, np.bool_)):
             raise UsageError(f"tta must be true or false, got {self.tta!r}")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _is_whole(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 # ----------------------------------------------------------------------------- precision
@@ -218,7 +211,16 @@ def effective_precision(requested: str, device: torch.device, auto_bf16: bool = 
     or may not run in bf16 under "auto", and can (`bf16`) or cannot run in bf16 at all (its
     contract's fields; see `_Runner.precision_for`)."""
     chosen = choose_precision(requested, device.type, bf16_support(device))[0]
-    return "fp32" if not bf16 or (requested == "auto" and not auto_bf16) else chosen
+    return _member_precision(requested, chosen, auto_bf16, bf16)
+
+
+def _member_precision(requested: str, chosen: str, auto_bf16: bool, bf16: bool) -> str:
+    """The precision one member runs in, given what `requested` settled to on the device
+    (`chosen`) and the member's contract: fp32 for a member that cannot run bf16, and under
+    "auto" for one not measured faster in it."""
+    if not bf16 or (requested == "auto" and not auto_bf16):
+        return "fp32"
+    return chosen
 
 
 # Warnings already shown in this process: a batch of many tracks warns once, not per track.
@@ -544,14 +546,10 @@ class _Runner:
         """The precision a model runs in: "auto" gives bf16 only to a model whose contract says
         bf16 measured faster for it (e.g. HTDemucs), on hardware where bf16 is fast; a model
         that cannot run in bf16 (`bf16` False) runs in fp32 whatever was asked."""
-        if not bf16:
-            if self.requested == "bf16":
-                _warn_once("--precision bf16: this model runs in fp32 only (its kernels write into "
-                           "fp32 buffers), so it runs in fp32")
-            return "fp32"
-        if self.requested == "auto" and not auto_bf16:
-            return "fp32"
-        return self.precision
+        if not bf16 and self.requested == "bf16":
+            _warn_once("--precision bf16: this model runs in fp32 only (its kernels write into "
+                       "fp32 buffers), so it runs in fp32")
+        return _member_precision(self.requested, self.precision, auto_bf16, bf16)
 
     def _autocast(self, precision: str):
         if precision == "bf16" and self.device.type in ("cpu", "cuda"):

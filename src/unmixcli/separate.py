@@ -33,6 +33,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import audio
+from .checks import is_whole
 from .errors import AudioDecodeError, AudioEncodeError, UnmixError, UsageError
 
 DEFAULT_TEMPLATE = "{model}/{dir}/{track}/{stem}.{ext}"
@@ -91,7 +92,7 @@ class OutputOptions:
             raise UsageError(f"unknown clip mode {self.clip!r}", hint=f"use one of: {', '.join(CLIP_MODES)}")
         check_template(self.template)
         depths = {"wav": (16, 24, 32), "flac": (16, 24)}.get(self.fmt, ())
-        if self.bit_depth is not None and (not _is_whole(self.bit_depth) or self.bit_depth not in depths):
+        if self.bit_depth is not None and (not is_whole(self.bit_depth) or self.bit_depth not in depths):
             raise UsageError(
                 f"{self.fmt} cannot be written with --bit-depth {self.bit_depth}",
                 hint=f"use one of {', '.join(map(str, depths))}" if depths else "use --bitrate for lossy formats",
@@ -99,8 +100,8 @@ class OutputOptions:
         if self.bitrate is not None:
             if depths:
                 raise UsageError(f"--bitrate does not apply to {self.fmt}", hint="use --bit-depth for wav/flac")
-            if not _is_whole(self.bitrate) or not MIN_BITRATE <= self.bitrate <= MAX_BITRATE:
-                shown = f"{self.bitrate / 1000:g} kbit/s" if _is_whole(self.bitrate) else repr(self.bitrate)
+            if not is_whole(self.bitrate) or not MIN_BITRATE <= self.bitrate <= MAX_BITRATE:
+                shown = f"{self.bitrate / 1000:g} kbit/s" if is_whole(self.bitrate) else repr(self.bitrate)
                 raise UsageError(f"invalid bitrate {shown}",
                                  hint=f"use {MIN_BITRATE // 1000} to {MAX_BITRATE // 1000} kbit/s, e.g. --bitrate 320")
 
@@ -117,10 +118,6 @@ MIN_BITRATE = 6_000
 MAX_BITRATE = 510_000
 
 
-def _is_whole(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _parse_rate(value):
     """'model', 'keep', or a positive whole number of Hz (int or digits) -> 'model' | 'keep' | int."""
     if value in ("model", "keep"):
@@ -128,7 +125,7 @@ def _parse_rate(value):
     rate = value
     if isinstance(value, str) and value.strip().isdigit():
         rate = int(value.strip())
-    if not _is_whole(rate) or not MIN_RATE <= rate <= MAX_RATE:
+    if not is_whole(rate) or not MIN_RATE <= rate <= MAX_RATE:
         raise UsageError(f"invalid sample rate {str(value)!r}",
                          hint=f"use 'model', 'keep' or a rate from {MIN_RATE} to {MAX_RATE} Hz such as 48000")
     return int(rate)

@@ -432,7 +432,12 @@ class EntryPoints:
         return self.load(path, config if config is not None else config_for(Path(path)))
 
     def load_spec(self, spec: Any, folder: Path, stems=None) -> ModelBag:
-        """Registry entry `spec`: `spec.checkpoint` with `spec.config` (a file among its files, or inline)."""
+        """Registry entry `spec`: `spec.checkpoint` with `spec.config` (a file among its files, or inline).
+
+        `extra: {model_overrides: {...}}` in the entry replaces keys of the config's model
+        section, e.g. `{zero_dc: false}` for a RoFormer trained with code that had no zero_dc
+        step, whose published config leaves it out (MSST would then zero the DC bin).
+        """
         del stems
         model_type = None
         if spec.arch is not None:
@@ -443,6 +448,13 @@ class EntryPoints:
                 raise CheckpointError(f"model '{spec.name}': unknown {self.family} arch {spec.arch!r}",
                                       path=spec.source, hint="use one of: " + ", ".join(sorted(self.archs)))
         config = spec.config if isinstance(spec.config, Mapping) else folder / spec.config
+        overrides = (getattr(spec, "extra", None) or {}).get("model_overrides")
+        if overrides is not None:
+            if not isinstance(overrides, Mapping):
+                raise CheckpointError(f"model '{spec.name}': extra.model_overrides must be a mapping of model keys",
+                                      path=spec.source)
+            config = load_config(config)[0]
+            config["model"] = {**(config.get("model") or {}), **dict(overrides)}
         return self.load(folder / spec.checkpoint, config, model_type=model_type, name=spec.name)
 
     def functions(self) -> Tuple[Callable, Callable, Callable]:

@@ -160,6 +160,14 @@ def contract_options(config: Dict[str, Any], model_type: str) -> Dict[str, Any]:
     return {"bf16": False}  # complex rotary tables and out= matmuls into fp32 workspaces
 
 
+_ENTRY = msst.EntryPoints("roformer", recognises=recognises, build=build, contract_options=contract_options,
+                          archs=ARCHS)
+
+#: The table's entry points: accepts(path, config=None), load_local(path, stems, config=None),
+#: load_spec(spec, folder, stems) (with the registry's `extra.model_overrides`, see msst.EntryPoints).
+accepts, load_local, load_spec = _ENTRY.functions()
+
+
 def load_roformer(ckpt_path, config_path, *, model_type: Optional[str] = None,
                   name: Optional[str] = None) -> ModelBag:
     """Build a RoFormer from an MSST config (a path, or the same data as a mapping) and load
@@ -168,49 +176,4 @@ def load_roformer(ckpt_path, config_path, *, model_type: Optional[str] = None,
     `model_type`: "bs_roformer" or "mel_band_roformer"; None: recognised from the config
     (`num_bands` vs `freqs_per_bands`).
     """
-    return msst.load_checkpoint("roformer", ckpt_path, config_path, recognises=recognises, build=build,
-                                contract_options=contract_options, model_type=model_type, name=name)
-
-
-# --------------------------------------------------------------------------------------
-# The family's entry points.
-# --------------------------------------------------------------------------------------
-
-
-def accepts(path: Path, config=None) -> bool:
-    return msst.recognised_with(path, config, recognises)
-
-
-def load_local(path: Path, stems=None, config=None) -> ModelBag:
-    """A `.ckpt` / `.pth` with its MSST config (`config`, or the one beside it); one network
-    computes every stem."""
-    del stems
-    return load_roformer(path, config if config is not None else msst.config_for(Path(path)))
-
-
-def load_spec(spec: Any, folder: Path, stems=None) -> ModelBag:
-    """Registry entry `spec`: `spec.checkpoint` with `spec.config` (a file among its files, or inline).
-
-    `extra: {model_overrides: {...}}` in the entry replaces keys of the config's model
-    section, e.g. `{zero_dc: false}` for a checkpoint trained with code that had no
-    zero_dc step, whose published config leaves it out (MSST would then zero the DC bin).
-    """
-    del stems
-    model_type = None
-    if spec.arch is not None:
-        model_type = ARCHS.get(spec.arch)
-        if model_type is None:
-            raise CheckpointError(
-                f"model '{spec.name}': unknown RoFormer arch {spec.arch!r}",
-                path=spec.source,
-                hint="use one of: " + ", ".join(sorted(ARCHS)),
-            )
-    config = spec.config if isinstance(spec.config, Mapping) else folder / spec.config
-    overrides = (getattr(spec, "extra", None) or {}).get("model_overrides")
-    if overrides is not None:
-        if not isinstance(overrides, Mapping):
-            raise CheckpointError(f"model '{spec.name}': extra.model_overrides must be a mapping of model keys",
-                                  path=spec.source)
-        config = msst.load_config(config)[0]
-        config["model"] = {**(config.get("model") or {}), **dict(overrides)}
-    return load_roformer(folder / spec.checkpoint, config, model_type=model_type, name=spec.name)
+    return _ENTRY.load(ckpt_path, config_path, model_type=model_type, name=name)

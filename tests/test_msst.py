@@ -72,3 +72,24 @@ def test_a_model_type_left_out_is_named_in_one_line(tmp_path):
     assert all(line.startswith("hint:") for line in lines[1:])  # one error line (and its hint)
     assert "CUDA-only" in lines[0] and "model.yaml" in lines[0]
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("*.wav"))
+
+
+def test_target_instrument_heads_follow_demix():
+    """One rule for every MSST family: demix refuses a target that is not an instrument (for
+    any head count), runs the target's head alone when there is one head per instrument."""
+    import pytest
+
+    from unmixcli.errors import CheckpointError
+    from unmixcli.families import msst
+
+    def config(target, instruments=("vocals", "other")):
+        return {"model": {}, "training": {"instruments": list(instruments), "target_instrument": target}}
+
+    assert msst.outputs(config(None), 2) == (["vocals", "other"], None)
+    assert msst.outputs(config("vocals"), 1) == (["vocals"], None)
+    assert msst.outputs(config("other"), 2) == (["other"], [1])
+    for heads in (1, 2):
+        with pytest.raises(CheckpointError, match="'drums' is not among training.instruments"):
+            msst.outputs(config("drums"), heads)
+    with pytest.raises(CheckpointError, match="the model has 3 stems"):
+        msst.outputs(config("vocals"), 3)

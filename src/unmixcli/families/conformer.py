@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Type
+from typing import Any, Dict, Mapping, Optional, Type
 
 import torch
 
@@ -77,34 +77,12 @@ def recognises(config: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def active_heads(config: Dict[str, Any], num_stems: int) -> Optional[List[int]]:
-    """The mask heads MSST's `demix` runs for `config` (its `active_stem_ids`), or None for all.
-
-    With `training.target_instrument` set and one head per instrument, only the target's
-    head runs; otherwise every head does.
-    """
-    training = config.get("training") or {}
-    target = training.get("target_instrument")
-    if not target:
-        return None
-    instruments = [str(s) for s in (training.get("instruments") or [])]
-    if str(target) not in instruments:
-        raise CheckpointError(f"the config's training.target_instrument {target!r} is not among "
-                              f"training.instruments ({', '.join(instruments) or 'none'})",
-                              hint="MSST refuses this config as well")
-    if num_stems > 1 and num_stems == len(instruments):
-        return [instruments.index(str(target))]
-    return None
-
-
 def build(config: Dict[str, Any], model_type: str, config_path: Optional[Path]) -> torch.nn.Module:
     if model_type not in FAMILIES:
         raise CheckpointError(f"unknown conformer type {model_type!r}", path=config_path,
                               hint=f"use one of: {', '.join(FAMILIES)}")
     kwargs = model_kwargs(config, model_type)
-    num_stems = int(kwargs.get("num_stems", 1))
-    active = active_heads(config, num_stems)
-    sources = msst.stem_names(config, num_stems if active is None else len(active))[0]
+    sources, active = msst.outputs(config, int(kwargs.get("num_stems", 1)))
     chunk_size = msst.chunk_size_of(config)
     segment = float(chunk_size) / int(kwargs["sample_rate"]) if chunk_size else None
     try:

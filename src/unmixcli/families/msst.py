@@ -226,6 +226,33 @@ def stem_names(config: Dict[str, Any], num_stems: int) -> Tuple[List[str], List[
     return names, instruments or names
 
 
+def outputs(config: Dict[str, Any], num_stems: int) -> Tuple[List[str], Optional[List[int]]]:
+    """(stem names, mask heads to run or None for all) of a model with `num_stems` heads, as
+    MSST's `demix` gives them.
+
+    With `training.target_instrument` (which must be among `training.instruments`, as demix
+    requires): that stem alone, from the model's only head, or from its head at the target's
+    place in the instruments when it has one head per instrument (demix passes
+    `active_stem_ids`, so the other heads never run).
+    """
+    training = config.get("training") or {}
+    target = training.get("target_instrument")
+    if not target:
+        return stem_names(config, num_stems)[0], None
+    target = str(target)
+    instruments = [str(s) for s in (training.get("instruments") or [])]
+    if target not in instruments:
+        raise CheckpointError(f"training.target_instrument {target!r} is not among training.instruments "
+                              f"({', '.join(instruments) or 'none'})", hint="MSST refuses this config as well")
+    if num_stems == 1:
+        return [target], None
+    if num_stems == len(instruments):
+        return [target], [instruments.index(target)]
+    raise CheckpointError(f"the model has {num_stems} stems, but the config asks for {target!r} alone "
+                          f"out of {len(instruments)} instruments",
+                          hint="num_stems must be 1 or the number of training.instruments")
+
+
 def chunk_size_of(config: Dict[str, Any]) -> Optional[int]:
     """Samples per forward as MSST's `demix` takes them: `inference.chunk_size`, else `audio.chunk_size`."""
     chunk = (config.get("inference") or {}).get("chunk_size") or (config.get("audio") or {}).get("chunk_size")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
+from typing import Any, Dict, Mapping, Optional, Type
 
 import torch
 
@@ -115,38 +115,12 @@ def recognises(config: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def outputs(config: Dict[str, Any], num_stems: int) -> Tuple[List[str], Optional[List[int]]]:
-    """(stem names, mask heads to run or None for all) as MSST's `demix` gives them.
-
-    With `training.target_instrument`: that stem alone, from the model's only head, or
-    from its head at the target's place in `training.instruments` when it has one head
-    per instrument (MSST passes `active_stem_ids`, so the other heads never run).
-    """
-    training = config.get("training") or {}
-    target = training.get("target_instrument")
-    if not target:
-        return msst.stem_names(config, num_stems)[0], None
-    target = str(target)
-    if num_stems == 1:
-        return [target], None
-    instruments = [str(s) for s in (training.get("instruments") or [])]
-    if target not in instruments:
-        raise CheckpointError(f"training.target_instrument {target!r} is not among training.instruments "
-                              f"({', '.join(instruments) or 'none'}), so its head is unknown",
-                              hint="MSST refuses this config as well")
-    if num_stems == len(instruments):
-        return [target], [instruments.index(target)]
-    raise CheckpointError(f"the model has {num_stems} stems, but the config asks for {target!r} alone "
-                          f"out of {len(instruments)} instruments",
-                          hint="num_stems must be 1 or the number of training.instruments")
-
-
 def build(config: Dict[str, Any], model_type: str, config_path: Optional[Path]) -> torch.nn.Module:
     if model_type not in FAMILIES:
         raise CheckpointError(f"unknown RoFormer type {model_type!r}", path=config_path,
                               hint=f"use one of: {', '.join(FAMILIES)}")
     kwargs = model_kwargs(config, model_type)
-    sources, active = outputs(config, int(kwargs.get("num_stems", 1)))  # load_checkpoint adds the path
+    sources, active = msst.outputs(config, int(kwargs.get("num_stems", 1)))  # load_checkpoint adds the path
     chunk_size = msst.chunk_size_of(config)  # inference.chunk_size over audio.chunk_size, as demix
     segment = float(chunk_size) / int(kwargs["sample_rate"]) if chunk_size else None
     try:

@@ -87,14 +87,6 @@ def _positive_int(section: Mapping, key: str, where: str) -> int:
     return value
 
 
-def chunk_size(config: Dict[str, Any]) -> Optional[int]:
-    """The samples per forward MSST's `demix` uses: `inference.chunk_size` if set, else `audio.chunk_size`."""
-    inference = config.get("inference") or {}
-    if "chunk_size" in inference:
-        return inference["chunk_size"]
-    return (config.get("audio") or {}).get("chunk_size")
-
-
 def model_kwargs(config: Dict[str, Any]) -> Dict[str, Any]:
     """Constructor arguments of `MDX23C` (but `sources`) for an MSST config, checked.
 
@@ -139,7 +131,7 @@ def model_kwargs(config: Dict[str, Any]) -> Dict[str, Any]:
     if bins // scale[1] ** levels < ints["bottleneck_factor"]:
         raise CheckpointError(f"the deepest level (model.num_scales {levels}) has {bins // scale[1] ** levels} "
                               f"bins, fewer than model.bottleneck_factor {ints['bottleneck_factor']}")
-    chunk = chunk_size(config)
+    chunk = msst.declared_chunk_size(config)  # checked here: it must fit the STFT and the U-Net
     if chunk is not None:
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1 or chunk % hop:
             raise CheckpointError(f"the config's chunk_size {chunk!r} must be a positive multiple of "

@@ -253,9 +253,18 @@ def outputs(config: Dict[str, Any], num_stems: int) -> Tuple[List[str], Optional
                           hint="num_stems must be 1 or the number of training.instruments")
 
 
+def declared_chunk_size(config: Dict[str, Any]) -> Any:
+    """The chunk size as the config states it (unchecked), taken as MSST's `demix` takes it:
+    `inference.chunk_size` when the section has the key, else `audio.chunk_size` (None: neither)."""
+    inference = config.get("inference") or {}
+    if "chunk_size" in inference:
+        return inference["chunk_size"]
+    return (config.get("audio") or {}).get("chunk_size")
+
+
 def chunk_size_of(config: Dict[str, Any]) -> Optional[int]:
-    """Samples per forward as MSST's `demix` takes them: `inference.chunk_size`, else `audio.chunk_size`."""
-    chunk = (config.get("inference") or {}).get("chunk_size") or (config.get("audio") or {}).get("chunk_size")
+    """Samples per forward (`declared_chunk_size` as a number; None when the config has none)."""
+    chunk = declared_chunk_size(config)
     return int(chunk) if chunk else None
 
 

@@ -65,7 +65,7 @@ MODEL_SECTIONS = ("model", "kwargs")
 
 _CONFIG_HINT = (
     "an MSST checkpoint needs the YAML config it was published with (audio/model/training "
-    "sections); put it beside the checkpoint as {stem}.yaml"
+    "sections); put it beside the checkpoint as {stem}.yaml, or name it with --config FILE"
 )
 
 

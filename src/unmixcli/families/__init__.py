@@ -131,6 +131,12 @@ def _bandit_v2() -> ModuleType:
     return bandit_v2
 
 
+def _deepfilternet() -> ModuleType:
+    from . import deepfilternet
+
+    return deepfilternet
+
+
 _BUILTIN = (
     Family("demucs", _demucs, descriptors=(".yaml", ".yml"), suffixes=(".safetensors",),
            entry=EntryRule(bag=True, weight_suffixes=(".safetensors",)),
@@ -156,6 +162,9 @@ _BUILTIN = (
            hint="a UVR MDX-Net .onnx file (its parameters from UVR's table, or a <name>.json beside it)"),
     Family("openunmix", _openunmix, folder_suffixes=(".json", ".pth"), entry=EntryRule(config="mapping", weight_suffixes=(".pth",)),
            hint="Open-Unmix's <target>.json files with their <target>*.pth weights"),
+    Family("deepfilternet", _deepfilternet, suffixes=(".tar.gz",), folder_suffixes=(".onnx", ".ini"),
+           entry=EntryRule(config="mapping", checkpoint=True, weight_suffixes=(".tar.gz",)),
+           hint="DeepFilterNet3_onnx.tar.gz, or a folder with its enc.onnx, erb_dec.onnx, df_dec.onnx, config.ini"),
 )
 
 #: family name -> row. `register` adds one (a plug-in, or a test's toy family).
@@ -239,6 +248,10 @@ def load_spec(spec, *, offline: bool = False, progress: Any = None, stems: Stems
     """
     family = get(spec.family, path=spec.source)
     if folder is None:
+        # A family may find the entry's files already installed (a pip package shipping them).
+        bundled = getattr(family.module(), "bundled", None)
+        folder = bundled(spec) if bundled is not None else None
+    if folder is None:
         from .. import hub
 
         folder = hub.fetch(spec, offline=offline, progress=progress)
@@ -306,7 +319,7 @@ def _family_for_file(path: Path, config: Any = None) -> Family:
     """The family that loads this file: the only one with its suffix, or, where several share
     a suffix (the MSST families' `.ckpt`), the first whose module `accepts` it; if none does,
     the first, which then says what is wrong with the file."""
-    suffix = path.suffix.lower()
+    suffix = _suffix(path)
     candidates = [f for f in FAMILIES.values() if suffix in f.descriptors or suffix in f.suffixes]
     if len(candidates) > 1:
         for family in candidates:
@@ -320,6 +333,16 @@ def _family_for_file(path: Path, config: Any = None) -> Family:
     known = sorted({s for f in FAMILIES.values() for s in f.descriptors + f.suffixes})
     raise CheckpointError(f"unsupported model file type {path.suffix or '(no suffix)'!r}", path=path,
                           hint="supported: " + ", ".join(known))
+
+
+def _suffix(path: Path) -> str:
+    """The file's suffix in lower case; a two-part one (".tar.gz") when a family names it."""
+    name = path.name.lower()
+    for family in FAMILIES.values():
+        for s in family.suffixes:
+            if s.count(".") > 1 and name.endswith(s) and len(name) > len(s):
+                return s
+    return path.suffix.lower()
 
 
 def summarise(names: Sequence[str], limit: int = 4) -> str:
@@ -349,7 +372,7 @@ def _pick_in_folder(folder: Path) -> Path:
             path=folder,
             hint="pass the path of the bag file you want",
         )
-    singles = [p for p in files if any(p.suffix.lower() in f.suffixes for f in FAMILIES.values())]
+    singles = [p for p in files if any(_suffix(p) in f.suffixes for f in FAMILIES.values())]
     if len(singles) == 1:
         return singles[0]
     if not singles:

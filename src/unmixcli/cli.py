@@ -181,6 +181,11 @@ def separate_cmd(
     json_events: bool = typer.Option(False, "--json", help="JSON-lines events on stdout."),
     offline: bool = typer.Option(False, "--offline", help="Never use the network; cached models only."),
     registry: List[Path] = typer.Option([], "--registry", help="Extra registry YAML file(s)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray", metavar="auto|ADDRESS", help="Run the batch as a Ray "
+                                              "Data job: 'auto' (the cluster Ray finds, else a local one) or a "
+                                              "cluster address. Needs unmixcli[ray] and a filesystem all nodes share."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: actors (each loads the model once; "
+                                          "one GPU each on a GPU cluster). Default: Ray scales from 1 up."),
 ) -> None:
     with handle_errors():
         # Every option is checked by the options type that defines it (the API gets the same
@@ -198,6 +203,14 @@ def separate_cmd(
         request = StemRequest(stems=_parse_stems(stems), karaoke=karaoke, instrumental=instrumental)
         engine_options = EngineOptions(segment=segment, overlap=overlap, shifts=shifts, seed=seed,
                                        batch_size=batch_size, precision=precision, tta=tta)
+        ray_options = None
+        if ray_address is not None:
+            from .raybatch import RayOptions
+
+            ray_options = RayOptions(address=ray_address, workers=workers, threads=threads,
+                                     progress=not (quiet or json_events))
+        elif workers is not None:
+            raise UsageErrorCls("--workers applies to --ray batches only", hint="add --ray auto, or drop --workers")
         reporter = _Reporter(json_events, quiet)
         with _sigterm_as_interrupt(), _warnings_as_lines():
             if dry_run:
@@ -207,6 +220,12 @@ def separate_cmd(
                 import torch
 
                 torch.set_num_threads(threads)
+            if ray_options is not None:
+                separator_kwargs = dict(model=model, device=device, **dataclasses.asdict(engine_options),
+                                        offline=offline, registry_files=[str(r) for r in registry],
+                                        stems=request.needed(), config=None if config is None else str(config))
+                _ray_batch(inputs, separator_kwargs, request, output, ray_options, reporter)
+                return
             from .api import Separator
 
             sep = Separator(
@@ -225,6 +244,24 @@ def separate_cmd(
         failed = [r for r in results if r.status == "failed"]
         if failed:
             raise typer.Exit(EXIT_FAILURE)
+
+
+def _ray_batch(inputs, separator_kwargs, request, output, ray_options, reporter) -> None:
+    """`--ray`: the batch as a Ray Data job (raybatch.py). Ray draws the progress; we print each
+    failure as it comes (or JSON events), then the summary table; exit codes as a local batch."""
+    from .raybatch import separate_on_ray
+
+    def on_event(e) -> None:
+        if reporter.json:
+            reporter.event(e)
+        elif e.kind == "failed":
+            print_error(e.result.error)
+
+    results = separate_on_ray(inputs, separator_kwargs, request, output, ray_options, on_event,
+                              download_progress=reporter.download_progress())
+    reporter.summary(results)
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(EXIT_FAILURE)
 
 
 def _dry_run(inputs, model: str, registry, output, request, reporter, config=None) -> None:

@@ -813,17 +813,30 @@ def run_batch(
         def progress(stage: str, done: float, total: Optional[float], job=job, index=index) -> None:
             on_event(Event("progress", job, index, count, stage=stage, done=done, total=total))
 
-        try:
-            res = separate_track(job, runtime, request, output, progress)
-        except UnmixError as err:
-            if err.path is None:
-                err = type(err)(err.message, path=job.input, hint=err.hint)
-            res = TrackResult(job, "failed", error=err)
-        except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen failure must not end a long batch
-            err = UnmixError(f"unexpected error ({type(exc).__name__}: {exc})", path=job.input,
-                             hint="please report this, with the output of --verbose")
-            err.__cause__ = exc
-            res = TrackResult(job, "failed", error=err)
+        res = run_job(job, runtime, request, output, progress)
         results.append(res)
         on_event(Event(res.status if res.status != "done" else "done", job, index, count, result=res))
     return results
+
+
+def run_job(
+    job: Job,
+    runtime: Runtime,
+    request: StemRequest,
+    output: OutputOptions,
+    progress: Optional[ProgressFn] = None,
+    scratch_root: Optional[str] = None,
+) -> TrackResult:
+    """`separate_track` as a batch runs it (here and on Ray's workers, raybatch.py): a bad file
+    or an unforeseen error becomes a "failed" result naming the file, so the batch goes on."""
+    try:
+        return separate_track(job, runtime, request, output, progress, scratch_root)
+    except UnmixError as err:
+        if err.path is None:
+            err = type(err)(err.message, path=job.input, hint=err.hint)
+        return TrackResult(job, "failed", error=err)
+    except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen failure must not end a long batch
+        err = UnmixError(f"unexpected error ({type(exc).__name__}: {exc})", path=job.input,
+                         hint="please report this, with the output of --verbose")
+        err.__cause__ = exc
+        return TrackResult(job, "failed", error=err)

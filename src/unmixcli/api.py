@@ -4,6 +4,9 @@
     sep = Separator("htdemucs", device="auto")
     stems = sep.separate_file("song.mp3")        # {"vocals": Tensor[C, T], ...} at sep.samplerate
     stems = sep.separate(waveform, 48000)         # waveform [C, T] or [T]; stems at 48 kHz
+    Separator(["kim-vocals", "htdemucs"], ensemble="avg_fft")   # an ensemble of two models
+    Separator("best-vocals")                      # an ensemble preset from the registry
+    Separator("auto", stems=["vocals"], quality="best")         # the best model for the stems
 
 `Separator` loads the model once (downloading it on first use) and can then
 separate any number of waveforms or files, or write stems to disk like the
@@ -28,8 +31,15 @@ class Separator:
     """A loaded separation model with its run options.
 
     Args:
-        model: a registry name (`unmix models list`) or a local path (a folder
-            with a bag yaml + safetensors, or one checkpoint file).
+        model: a registry name (`unmix models list`), an ensemble preset, a local path (a
+            folder with a bag yaml + safetensors, or one checkpoint file), "auto" (the best
+            registry model for `stems` under `quality`), or a list of these: an ensemble.
+        ensemble: with several models (or to override a preset's): the algorithm combining
+            their stems (`ensemble.ALGORITHMS`; default avg_wave).
+        weights: one per model, for avg_wave / avg_fft.
+        instrumental: how an ensemble member without an instrumental stem makes one
+            ("auto", "residual", "sum"; see `ensemble_bag`).
+        quality: with model="auto": "fast", "balanced" (default) or "best".
         device: "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda", "cuda:1", "mps".
         segment: seconds per chunk (None: the model's own).
         overlap: overlap between chunks as a fraction (None: the model's default, 0.25 for Demucs).
@@ -54,8 +64,12 @@ class Separator:
 
     def __init__(
         self,
-        model: str = "htdemucs",
+        model: Union[str, Sequence[str]] = "htdemucs",
         *,
+        ensemble: Optional[str] = None,
+        weights: Optional[Sequence[float]] = None,
+        instrumental: str = "auto",
+        quality: str = "balanced",
         device: str = "auto",
         segment: Optional[float] = None,
         overlap: Optional[float] = None,
@@ -75,11 +89,39 @@ class Separator:
             tta=tta,
         )
         self.device = engine.resolve_device(device)
-        self.model_name = model
-        self.bag = families.load_model(
-            model, device=self.device, offline=offline, registry_files=registry_files, progress=download_progress,
-            stems=tuple(stems) if stems else None, config=config,
-        )
+        names = [model] if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__") else list(model)
+        names = [str(n) for n in names]
+        if not names:
+            raise UsageError("no model given")
+        #: With model="auto": what was picked and why, in one line (`pick.Choice`).
+        self.choice = None
+        if names == ["auto"]:
+            from . import pick
+
+            self.choice = pick.choose(registry_files, stems=stems, quality=quality, offline=offline)
+            names = [self.choice.name]
+        elif "auto" in names:
+            raise UsageError("-m auto picks one model by itself; it cannot be an ensemble member",
+                             hint="drop auto, or give only -m auto")
+        plan = ensemble_plan(names, ensemble, weights, instrumental, registry_files)
+        if plan is None:
+            self.model_name = names[0]
+            self.bag = families.load_model(
+                names[0], device=self.device, offline=offline, registry_files=registry_files,
+                progress=download_progress, stems=tuple(stems) if stems else None, config=config,
+            )
+            return
+        label, members, options = plan
+        _check_members_give(members, stems, options.instrumental, registry_files)
+        if config is not None:
+            raise UsageError("--config applies to one local checkpoint, not to an ensemble",
+                             hint="give the config beside each checkpoint (<name>.yaml) instead")
+        from .ensemble_bag import EnsembleBag
+
+        self.model_name = label
+        bags = [families.load_model(m, device=self.device, offline=offline, registry_files=registry_files,
+                                    progress=download_progress) for m in members]
+        self.bag = EnsembleBag(bags, options, name=label, member_names=[b.name for b in bags])
 
     @property
     def sources(self) -> List[str]:
@@ -160,6 +202,60 @@ class Separator:
     @property
     def runtime(self) -> Runtime:
         return Runtime(bag=self.bag, device=self.device, options=self.options, model_name=self.display_name)
+
+
+def ensemble_plan(names: List[str], algorithm: Optional[str], weights, instrumental: str, registry_files):
+    """(display name, member names, EnsembleOptions) when `names` is an ensemble (several models,
+    or one preset's name); None for one model. Every option is checked before anything loads."""
+    from .ensemble_bag import EnsembleOptions
+
+    weights = None if weights is None else tuple(weights)
+    preset = None
+    if len(names) == 1:
+        from .registry import load_registry
+
+        if not families.looks_local(names[0]):
+            preset = load_registry(registry_files).ensembles.get(names[0])
+        if preset is None:
+            if algorithm is not None or weights is not None:
+                raise UsageError("--ensemble and --weights need two or more models, or an ensemble preset",
+                                 hint="give -m more than once, e.g. -m A -m B --ensemble avg_fft")
+            return None
+        members = list(preset.models)
+        if algorithm is None:  # the preset's algorithm, with its weights unless others are given
+            algorithm, weights = preset.algorithm, weights if weights is not None else preset.weights
+        options = EnsembleOptions(algorithm, len(members), weights, instrumental)
+        return preset.name, members, options
+    if len(set(names)) != len(names):
+        raise UsageError("the same model is named twice in the ensemble", hint="give each model once")
+    options = EnsembleOptions(algorithm or "avg_wave", len(names), weights, instrumental)
+    return "+".join(_short(n) for n in names), names, options
+
+
+def _check_members_give(members: List[str], stems: Optional[Sequence[str]], rule: str, registry_files) -> None:
+    """A stem some registry member cannot give is refused before anything downloads (a local
+    member's stems are only known once it loads; the engine then checks the same)."""
+    from .ensemble_bag import common_stems
+    from .registry import load_registry
+
+    if not stems or any(families.looks_local(m) for m in members):
+        return
+    registry = load_registry(registry_files)
+    specs = [registry.get(m) for m in members]
+    offered = common_stems([spec.stems for spec in specs], rule)
+    missing = [s for s in stems if s not in offered]
+    if missing:
+        lacking = [spec.name for spec in specs if not common_stems([spec.stems], rule) or
+                   any(s not in common_stems([spec.stems], rule) for s in missing)]
+        raise UsageError(f"the ensemble cannot give {', '.join(missing)}: {', '.join(lacking)} does not",
+                         hint="its models share: " + ", ".join(offered))
+
+
+def _short(name: str) -> str:
+    """A model's name for the ensemble's display name: a path's file or folder name."""
+    from pathlib import Path
+
+    return Path(name).name if families.looks_local(name) else name
 
 
 # FFmpeg's default channel orders, so that a 5.1 or 7.1 array downmixes like a 5.1 or 7.1 file.

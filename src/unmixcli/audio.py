@@ -67,7 +67,7 @@ import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -755,14 +755,18 @@ class AudioWriter:
         fmt: one of :data:`FORMATS` (default: from the suffix).
         bit_depth: WAV 16, 24 or 32 (float); FLAC 16 or 24. Default 16.
         bitrate: bits per second for MP3 / Opus / M4A (defaults 320k / 192k / 256k).
+        finish: called with the temporary file once it is complete, before it is renamed
+            onto `path` (tags.py writes the stem's tags there, so no untagged stem appears).
 
     Blocks are float32 [C, t] (a 1-D array is accepted for mono). Nothing
     appears at `path` until the writer closes cleanly.
     """
 
     def __init__(self, path: PathLike, sample_rate: int, channels: int, fmt: Optional[str] = None,
-                 bit_depth: Optional[int] = None, bitrate: Optional[int] = None):
+                 bit_depth: Optional[int] = None, bitrate: Optional[int] = None,
+                 finish: Optional[Callable[[Path], None]] = None):
         self.path = Path(path)
+        self._finish = finish
         self.format = _format_for(self.path, fmt)
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)
@@ -901,6 +905,8 @@ class AudioWriter:
                     container.mux(packet)
                 container.close()
                 self._av = None
+            if self._finish is not None:
+                self._finish(self._tmp)
             atomic.commit(self._tmp, self.path)
             self._tmp = None
             self._closed = True

@@ -44,7 +44,20 @@ class _DefaultCommandGroup(TyperGroup):
             first = _first_positional(args)
             if first is not None and args[first] not in self.commands:
                 args = args[:first] + [DEFAULT_COMMAND] + args[first:]
-        return super().parse_args(ctx, args)
+        with _settings_errors():
+            return super().parse_args(ctx, args)
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        # The settings file becomes click's default_map: each value is converted and checked
+        # by the option that defines it, and a flag on the command line still wins.
+        if parent is None and "default_map" not in extra:
+            state.settings = _load_settings(self)
+            extra["default_map"] = state.settings.default_map()
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: click.Context):
+        with _settings_errors():
+            return super().invoke(ctx)
 
 
 def _first_positional(args: List[str]) -> Optional[int]:
@@ -58,6 +71,80 @@ def _first_positional(args: List[str]) -> Optional[int]:
             return i
         return i
     return None
+
+
+# --------------------------------------------------------------------------- settings file
+
+def _settings_commands(group: click.Command):
+    """Every command's long options as settings.CommandOptions (the group itself first)."""
+    from .settings import CommandOptions
+
+    def walk(cmd: click.Command, path: tuple):
+        options, multiple, paths = {}, set(), set()
+        for p in cmd.params:
+            if not _is_setting(p):
+                continue
+            for opt in p.opts:
+                if opt.startswith("--"):
+                    options[opt[2:].replace("-", "_")] = p.name
+            if p.multiple:
+                multiple.add(p.name)
+            if _is_path_param(p):
+                paths.add(p.name)
+        yield CommandOptions(path, options, frozenset(multiple), frozenset(paths))
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, path + (name,))
+
+    return list(walk(group, ()))
+
+
+def _is_setting(p) -> bool:
+    # Options only; --help/--version act at once, so they are no settings. (Duck-typed: typer
+    # 0.29 builds its commands on its own copy of click, not the click package.)
+    return p.param_type_name == "option" and not p.is_eager and p.expose_value
+
+
+def _is_path_param(p) -> bool:
+    annotation = getattr(getattr(p, "type_descriptor", None), "annotation", None)
+    return "Path" in str(annotation) or getattr(getattr(p, "type", None), "name", None) == "path"
+
+
+def _load_settings(group: click.Command):
+    from .settings import load
+
+    try:
+        return load(_settings_commands(group))
+    except UnmixError as err:
+        print_error(err)
+        raise typer.Exit(err.exit_code)
+
+
+def _command_words(ctx: click.Context) -> tuple:
+    words = []
+    while ctx.parent is not None:
+        words.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    return tuple(words)
+
+
+@contextlib.contextmanager
+def _settings_errors() -> Iterator[None]:
+    """A value from the settings file that its option rejects: one line naming file:line, exit 2
+    (click's own message, which would name only the option, for the command line's values)."""
+    try:
+        yield
+    except typer.BadParameter as exc:
+        ctx, param = exc.ctx, exc.param
+        source = None if ctx is None or param is None else ctx.get_parameter_source(param.name)
+        if getattr(source, "name", None) != "DEFAULT_MAP":
+            raise
+        settings = state.settings
+        value = settings.lookup(_command_words(ctx), param.name) if settings is not None else None
+        if value is None:
+            raise
+        print_error(UsageErrorCls(f"bad value for '{value.key}': {exc.message}", path=value.where,
+                                  hint=" ".join(["see unmix", *_command_words(ctx), "--help"])))
+        raise typer.Exit(UsageErrorCls.exit_code) from None
 
 
 app = typer.Typer(
@@ -76,6 +163,7 @@ app = typer.Typer(
 
 class _State:
     verbose: bool = False
+    settings = None  # settings.Settings of this invocation (the settings file, read at start)
 
 
 state = _State()
@@ -120,10 +208,34 @@ def handle_errors() -> Iterator[None]:
         if state.verbose:
             err_console.print_exception()
         print_error(err)
+        _note_settings(err)
         raise typer.Exit(err.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _note_settings(err: UnmixError) -> None:
+    """After a usage error, name the values the settings file gave this command: the bad one
+    may be among them (options check their values in the command body, with no line number)."""
+    from .errors import ModelNotFoundError
+
+    ctx = _typer_context()
+    if state.settings is None or ctx is None or not (err.exit_code == UsageErrorCls.exit_code
+                                                     or isinstance(err, ModelNotFoundError)):
+        return
+    given = state.settings.values.get(_command_words(ctx), {})
+    used = [v for name, v in given.items()
+            if getattr(ctx.get_parameter_source(name), "name", None) == "DEFAULT_MAP"]
+    if used:
+        err_console.print(f"note: from {state.settings.file}: "
+                          + ", ".join(f"{v.key} (line {v.line})" for v in used), highlight=False, markup=False)
+
+
+def _typer_context():
+    from typer._click.globals import get_current_context  # typer 0.29 runs its own copy of click
+
+    return get_current_context(silent=True)
 
 
 # --------------------------------------------------------------------------- unmix INPUT...
@@ -148,7 +260,14 @@ _PRECISION_HELP = ("auto (default: bf16 for models measured faster in it, on har
 )
 def separate_cmd(
     inputs: List[str] = typer.Argument(..., metavar="INPUT", help="Files, folders (recursive) or globs."),
-    model: str = typer.Option("htdemucs", "-m", "--model", help="Registry name (unmix models list) or local path."),
+    model: List[str] = typer.Option(["htdemucs"], "-m", "--model", help="Registry name or preset (unmix models "
+                                    "list), local path, or auto; give it more than once for an ensemble."),
+    ensemble: Optional[str] = typer.Option(None, "--ensemble", metavar="ALGO", help="How an ensemble combines "
+                                           "its models' stems: avg_wave (default), median_wave, min_wave, max_wave, "
+                                           "avg_fft, median_fft, min_fft, max_fft, uvr_max_spec, uvr_min_spec."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Ensemble weights, one per -m, e.g. 2,1 "
+                                          "(avg_wave and avg_fft)."),
+    quality: Optional[str] = typer.Option(None, "--quality", help="With -m auto: fast, balanced (default) or best."),
     stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to write, e.g. vocals,drums."),
     karaoke: bool = typer.Option(False, "--karaoke", help="Write vocals + instrumental."),
     instrumental: str = typer.Option(
@@ -158,9 +277,12 @@ def separate_cmd(
     filename: str = typer.Option(
         "{model}/{dir}/{track}/{stem}.{ext}", "--filename", help="Output path template: {model} {dir} {track} {stem} {ext}."
     ),
-    fmt: str = typer.Option("wav", "-f", "--format", help="wav, flac, mp3, opus or m4a."),
-    bit_depth: Optional[int] = typer.Option(None, "--bit-depth", help="WAV 16/24/32 (32 = float), FLAC 16/24. Default 24."),
-    bitrate: Optional[int] = typer.Option(None, "--bitrate", help="kbit/s for mp3/opus/m4a (default 320/192/256)."),
+    fmt: str = typer.Option("wav", "-f", "--format", help="wav, flac, mp3, opus, m4a, or stems (one NI Stems "
+                            ".stem.mp4 per track: mix + drums, bass, other, vocals)."),
+    bit_depth: Optional[int] = typer.Option(None, "--bit-depth", help="WAV 16/24/32 (32 = float), FLAC 16/24. "
+                                            "Default 24. With -f stems: ALAC 16/24 instead of AAC."),
+    bitrate: Optional[int] = typer.Option(None, "--bitrate", help="kbit/s for mp3/opus/m4a/stems (default 320/192/256/256)."),
+    no_tags: bool = typer.Option(False, "--no-tags", help="Do not copy the input's tags and cover art onto the stems."),
     sample_rate: str = typer.Option("model", "--sample-rate", help="'model' (44.1 kHz), 'keep' (the input's) or Hz."),
     clip: str = typer.Option("rescale", "--clip", help="rescale (one gain for all stems), clamp, or none."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
@@ -170,8 +292,9 @@ def separate_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the random shifts."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation as MSST does it (channel swap, "
                              "polarity inversion, averaged): 3x slower, slightly better."),
-    config: Optional[Path] = typer.Option(None, "--config", help="The YAML config of a local MSST checkpoint "
-                                          "given with -m (default: the one beside it)."),
+    config: Optional[Path] = typer.Option(None, "--config", "--model-params", help="The YAML config of a local "
+                                          "MSST checkpoint given with -m (default: the one beside it), or the "
+                                          "JSON parameters of a UVR model whose hash UVR's table lacks."),
     batch_size: int = typer.Option(1, "--batch-size", help="Chunks per forward call."),
     precision: str = typer.Option("auto", "--precision", help=_PRECISION_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: torch's choice)."),
@@ -198,7 +321,7 @@ def separate_cmd(
         output = OutputOptions(
             out_dir=out, template=filename, fmt=fmt, bit_depth=bit_depth,
             bitrate=None if bitrate is None else bitrate * 1000,
-            sample_rate=sample_rate, clip=clip, overwrite=overwrite,
+            sample_rate=sample_rate, clip=clip, overwrite=overwrite, tags=not no_tags,
         )
         request = StemRequest(stems=_parse_stems(stems), karaoke=karaoke, instrumental=instrumental)
         engine_options = EngineOptions(segment=segment, overlap=overlap, shifts=shifts, seed=seed,
@@ -211,17 +334,18 @@ def separate_cmd(
                                      progress=not (quiet or json_events))
         elif workers is not None:
             raise UsageErrorCls("--workers applies to --ray batches only", hint="add --ray auto, or drop --workers")
+        models = _model_choice(model, ensemble, weights, quality)
         reporter = _Reporter(json_events, quiet)
         with _sigterm_as_interrupt(), _warnings_as_lines():
             if dry_run:
-                _dry_run(inputs, model, registry, output, request, reporter, config)
+                _dry_run(inputs, models, registry, output, request, reporter, config)
                 return
             if threads:
                 import torch
 
                 torch.set_num_threads(threads)
             if ray_options is not None:
-                separator_kwargs = dict(model=model, device=device, **dataclasses.asdict(engine_options),
+                separator_kwargs = dict(**models, device=device, **dataclasses.asdict(engine_options),
                                         offline=offline, registry_files=[str(r) for r in registry],
                                         stems=request.needed(), config=None if config is None else str(config))
                 _ray_batch(inputs, separator_kwargs, request, output, ray_options, reporter)
@@ -229,10 +353,12 @@ def separate_cmd(
             from .api import Separator
 
             sep = Separator(
-                model, device=device, **dataclasses.asdict(engine_options), offline=offline,
+                **models, device=device, **dataclasses.asdict(engine_options), offline=offline,
                 registry_files=[str(r) for r in registry], download_progress=reporter.download_progress(),
                 stems=request.needed(), config=None if config is None else str(config),
             )
+            if sep.choice is not None:
+                reporter.note(sep.choice.reason)
             jobs = sep.plan(inputs, output, request)
             if not jobs:
                 raise UsageErrorCls("no audio or video files found in the inputs")
@@ -244,6 +370,27 @@ def separate_cmd(
         failed = [r for r in results if r.status == "failed"]
         if failed:
             raise typer.Exit(EXIT_FAILURE)
+
+
+def _model_choice(model: List[str], ensemble: Optional[str], weights: Optional[str],
+                  quality: Optional[str]) -> dict:
+    """-m (once or more), --ensemble, --weights and --quality as the Separator's arguments; the
+    algorithm and weights are checked by EnsembleOptions, the quality by pick, before any load."""
+    if quality is not None and list(model) != ["auto"]:
+        raise UsageErrorCls("--quality applies to -m auto only", hint="add -m auto, or drop --quality")
+    if quality is not None:
+        from .pick import check_quality
+
+        check_quality(quality)
+    parsed = None
+    if weights is not None:
+        try:
+            parsed = tuple(float(w) for w in weights.split(","))
+        except ValueError:
+            raise UsageErrorCls(f"--weights must be numbers separated by commas, got {weights!r}",
+                                hint="e.g. --weights 2,1") from None
+    return dict(model=list(model) if len(model) > 1 else model[0], ensemble=ensemble, weights=parsed,
+                quality=quality or "balanced")
 
 
 def _ray_batch(inputs, separator_kwargs, request, output, ray_options, reporter) -> None:
@@ -298,21 +445,39 @@ app.command(
     "speech and noise. The same options as `unmix separate`.\n\n"
     "  unmix denoise interview.wav\n\n  unmix denoise talk.mp4 --stems speech --remux",
     no_args_is_help=True,
-)(_command_like(separate_cmd, model=DENOISE_MODEL))
+)(_command_like(separate_cmd, model=[DENOISE_MODEL]))
 
 
-def _dry_run(inputs, model: str, registry, output, request, reporter, config=None) -> None:
+def _dry_run(inputs, models: dict, registry, output, request, reporter, config=None) -> None:
     """Print the plan without downloading anything: a registry entry names its stems; only a
     local model (no download involved) is opened to learn them."""
     from . import families
+    from .api import ensemble_plan
+    from .ensemble_bag import common_stems
     from .separate import plan_request
 
-    target = families.resolve(model, registry_files=[str(r) for r in registry])
-    if isinstance(target, Path):
-        bag = families.load_model(str(target), device="cpu", config=None if config is None else str(config))
-        name, sources = bag.name, bag.sources
+    files = [str(r) for r in registry]
+    names = [models["model"]] if isinstance(models["model"], str) else models["model"]
+    if names == ["auto"]:
+        from .pick import choose
+
+        choice = choose(files, stems=request.needed(), quality=models["quality"])
+        reporter.note(choice.reason)
+        names = [choice.name]
+
+    def stems_of(ref: str):
+        target = families.resolve(ref, registry_files=files)
+        if isinstance(target, Path):
+            bag = families.load_model(str(target), device="cpu", config=None if config is None else str(config))
+            return bag.name, bag.sources
+        return target.name, list(target.stems)
+
+    plan = ensemble_plan(names, models["ensemble"], models["weights"], "auto", files)
+    if plan is None:
+        name, sources = stems_of(names[0])
     else:
-        name, sources = target.name, list(target.stems)
+        name, members, options = plan
+        sources = common_stems([stems_of(m)[1] for m in members], options.instrumental)
     jobs = plan_request(inputs, model_name=name, sources=sources, request=request, output=output)
     reporter.plan(jobs, name, sources)
 
@@ -385,6 +550,13 @@ class _Reporter:
             return None
         # hub.fetch calls progress(filename, done_bytes, total_bytes); DownloadBars draws them.
         return DownloadBars()
+
+    def note(self, text: str) -> None:
+        """One line about the run (what -m auto picked): stderr, or a JSON `note` event."""
+        if self.json:
+            self._emit(event="note", message=text)
+        elif not self.quiet:
+            err_console.print(_esc(text))
 
     # -- events
     def _emit(self, **payload) -> None:
@@ -630,6 +802,14 @@ def models_list_cmd(
             entry["default"] = spec.name == reg.default
             entry["cached"] = hub.cache_state(spec)
             rows.append(entry)
+        for preset in reg.ensembles.values():
+            entry = preset.to_dict()
+            members = [reg.get(m) for m in preset.models]
+            states = {hub.cache_state(m) for m in members}
+            entry["cached"] = states.pop() if len(states) == 1 else "partial"
+            sizes = [m.download_size for m in members]
+            entry["download_size"] = sum(sizes) if all(sizes) else None
+            rows.append(entry)
         if as_json:
             import json
 
@@ -656,6 +836,17 @@ def models_list_cmd(
                     table.add_row(spec.name + (" *" if row["default"] else ""), ", ".join(spec.stems),
                                   _fmt_bytes(spec.download_size), _fmt_sdr_short(spec), spec.licence,
                                   row["cached"])
+            out_console.print(table)
+        if reg.ensembles:
+            table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1),
+                          title="ensemble presets (-m NAME runs every member, combined)", title_justify="left",
+                          title_style="bold")
+            for col, width, justify in (("name", 20, "left"), ("stems", 20, "left"), ("size", 7, "right"),
+                                        ("models", 28, "left")):
+                table.add_column(col, width=width, justify=justify, overflow="fold")
+            for row in rows[len(reg):]:
+                table.add_row(row["name"], ", ".join(row["stems"]), _fmt_bytes(row["download_size"]),
+                              f"{row['algorithm']}: " + ", ".join(row["models"]))
             out_console.print(table)
         out_console.print(
             "* default. Weights download on first use, from the Hugging Face Hub or the URL\n"
@@ -783,7 +974,11 @@ def models_remove_cmd(
 )
 def eval_cmd(
     dataset: Path = typer.Argument(..., help="<split>/<track>/mixture.wav + <stem>.wav, or the folder holding test/."),
-    model: Optional[str] = typer.Option(None, "-m", "--model", help="Model to separate with (default htdemucs)."),
+    model: List[str] = typer.Option([], "-m", "--model", help="Model or preset to separate with (default "
+                                    "htdemucs); more than once for an ensemble."),
+    ensemble: Optional[str] = typer.Option(None, "--ensemble", metavar="ALGO", help="How an ensemble combines its "
+                                           "models' stems (as unmix separate --ensemble)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Ensemble weights, one per -m."),
     estimates: Optional[Path] = typer.Option(None, "--estimates", help="Score these separations (<dir>/<track>/<stem>.wav) instead of running a model."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Results folder (default eval/<model or estimates name>)."),
     stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to score (default: those the model and references share)."),
@@ -805,6 +1000,8 @@ def eval_cmd(
     with handle_errors(), _sigterm_as_interrupt(), _warnings_as_lines():
         if model and estimates:
             raise UsageErrorCls("give either -m/--model or --estimates, not both")
+        if (ensemble or weights) and estimates:
+            raise UsageErrorCls("--ensemble and --weights apply to models, not to --estimates")
         from .engine import EngineOptions, effective_precision
         from .evaluate import EvalOptions, evaluate
 
@@ -816,8 +1013,8 @@ def eval_cmd(
         if estimates is None:
             from .api import Separator
 
-            model = model or "htdemucs"
-            sep = Separator(model, device=device, **dataclasses.asdict(engine_options), offline=offline,
+            models = _model_choice(model or ["htdemucs"], ensemble, weights, None)
+            sep = Separator(**models, device=device, **dataclasses.asdict(engine_options), offline=offline,
                             registry_files=[str(r) for r in registry])
             separate_fn, wanted = _eval_separate_fn(sep, dataset, subset, wanted)
             # The precision that runs ("auto" settled on this device, for this model's members):
@@ -826,7 +1023,7 @@ def eval_cmd(
             ran = effective_precision(precision, sep.device, all(c.auto_bf16 for c in contracts),
                                       all(c.bf16 for c in contracts))
             label = (f"{sep.display_name} segment={segment} overlap={overlap} shifts={shifts} precision={ran}"
-                     + (" tta" if tta else ""))
+                     + (" tta" if tta else "") + _ensemble_label(sep.bag))
             name = sep.display_name
         else:
             name = estimates.name or "estimates"
@@ -842,6 +1039,14 @@ def eval_cmd(
             if progress is not None:
                 progress.close()
         _print_eval(report, json_out, quiet)
+
+
+def _ensemble_label(bag) -> str:
+    """An ensemble's recipe for the eval label: scores made with another are redone."""
+    recipe = getattr(bag, "extra", {}).get("ensemble")
+    if not recipe:
+        return ""
+    return f" ensemble={recipe['algorithm']} weights={recipe['weights']} members={','.join(recipe['models'])}"
 
 
 def _eval_separate_fn(sep, dataset: Path, subset: str, wanted: Optional[tuple]):
@@ -935,6 +1140,51 @@ def _print_eval(report, json_out: bool, quiet: bool) -> None:
 
 def _fmt_db(v) -> str:
     return "-" if v is None or v != v else f"{v:.2f}"
+
+
+# --------------------------------------------------------------------------- unmix config
+
+
+@app.command(
+    "config",
+    help="Show the settings file (UNMIX_CONFIG, else $XDG_CONFIG_HOME/unmix/config.toml, else "
+    "~/.config/unmix/config.toml) and every option's effective default, with where it comes from.\n\n"
+    "  unmix config\n\n  unmix config separate",
+)
+def config_cmd(
+    ctx: typer.Context,
+    command: Optional[List[str]] = typer.Argument(None, metavar="[COMMAND]", help="Only this command, e.g. separate or models list."),
+) -> None:
+    import json
+
+    settings = state.settings
+    root = ctx.find_root().command
+    where = "found" if settings.found else "not found: built-in defaults"
+    out_console.print(f"# settings file: {settings.file} ({settings.why}; {where})", highlight=False, markup=False)
+    wanted = tuple(command or ())
+    shown = False
+    for c in _settings_commands(root):
+        if c.path == ("config",) or not c.options or c.path[:len(wanted)] != wanted:
+            continue
+        shown = True
+        cmd = root
+        for word in c.path:
+            cmd = cmd.commands[word]
+        out_console.print(f"\n[{'.'.join(c.path)}]" if c.path else "\n# unmix (top level)", highlight=False, markup=False)
+        for p in cmd.params:
+            if not _is_setting(p) or p.name not in c.options.values():
+                continue
+            name = next(o for o in p.opts if o.startswith("--"))[2:]
+            v = settings.lookup(c.path, p.name)
+            value, source = (v.value, v.where) if v is not None else (p.default, "default")
+            if isinstance(value, tuple):
+                value = list(value)
+            shown_value = "(unset)" if value is None else json.dumps(value if isinstance(value, (bool, int, float, list))
+                                                                      else str(value))
+            out_console.print(f"{name} = {shown_value}  # {source}", highlight=False, markup=False)
+    if not shown:
+        with handle_errors():
+            raise UsageErrorCls(f"no command `unmix {' '.join(wanted)}` with options", hint="see unmix --help")
 
 
 

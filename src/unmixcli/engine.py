@@ -35,7 +35,7 @@ import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -1080,49 +1080,79 @@ def std_by_rule(std: float, rule: str) -> float:
     return std + 1e-8
 
 
+Stats = Union[Tuple[float, float], Callable[[str], Tuple[float, float]], None]
+"""The whole mix's (mean, std), or a function giving them for a normalisation rule (an
+ensemble's members may normalise by different rules)."""
+
+
 def separate_stream(bag: ModelBag, blocks: Iterable, total_frames: Optional[int],
                     stems: Optional[Sequence[str]], options: EngineOptions, device: torch.device,
                     progress: Optional[Progress] = None,
-                    stats: Optional[Tuple[float, float]] = None) -> Iterator[Dict[str, Tensor]]:
+                    stats: Stats = None) -> Iterator[Dict[str, Tensor]]:
     """Separate a stream of mix blocks [C, t], yielding finished stem blocks in order.
 
     Args:
-        bag: the models.
+        bag: the models (a `ModelBag`, or an ensemble of them: `ensemble_bag.EnsembleBag`).
         blocks: numpy arrays or tensors [C, t] at the bag's sample rate.
         total_frames: the track length if known (only used for progress).
         stems: the stems wanted (None = all of the bag's).
         options: segment, overlap, shifts, batching, precision.
         device: where the models run.
         progress: called as progress(done_frames, total_frames) after each model call.
-        stats: (mean, std) of the whole mix (see `mix_stats`), required when the bag
-            normalises, since a stream cannot look ahead.
+        stats: (mean, std) of the whole mix (see `mix_stats`), or rule -> (mean, std);
+            required when the bag normalises, since a stream cannot look ahead.
 
     Yields:
         {stem: Tensor [C, t]} float32 on the CPU; the blocks together cover the
         whole track, each sample exactly once, as soon as no later segment can
         change them (memory does not grow with the track length).
     """
-    stems = _check_stems(bag, stems)
-    if bag.normalize and stats is None:
-        raise UsageError("separate_stream needs the mix statistics to normalise",
-                         hint="compute them with mix_stats() in a first pass")
-    mean, std = stats if bag.normalize else (None, None)
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    core = None
+    # An ensemble opens its own stream (one BagStream per member, combined).
+    opener = getattr(bag, "open_stream", None) or functools.partial(BagStream, bag)
+    stream = opener(stems, options, device, total_frames, progress, stats)
     for block in blocks:
-        block = _as_tensor(block)
+        yield from stream.push(_as_tensor(block))
+    yield from stream.finish()
+
+
+class BagStream:
+    """One bag's separation, fed block by block: `push(block [C, t])` and `finish()` return the
+    stem blocks now final ({stem: [C, t']}, in order). `separate_stream` is its loop; an
+    ensemble feeds one per member with the same blocks."""
+
+    def __init__(self, bag: ModelBag, stems: Optional[Sequence[str]], options: EngineOptions,
+                 device: torch.device, total_frames: Optional[int] = None,
+                 progress: Optional[Progress] = None, stats: Stats = None):
+        self.bag = bag
+        self.stems = _check_stems(bag, stems)
+        if callable(stats):
+            stats = stats(bag.normalize_rule) if bag.normalize else None
+        if bag.normalize and stats is None:
+            raise UsageError("separate_stream needs the mix statistics to normalise",
+                             hint="compute them with mix_stats() in a first pass")
+        self.mean, self.std = stats if bag.normalize else (None, None)
+        self.options, self.device = options, device
+        self.total_frames, self.progress = total_frames, progress
+        self._core: Optional[_StreamCore] = None
+        if device.type == "cpu":
+            tune_cpu_allocator()
+
+    def push(self, block: Tensor) -> List[Dict[str, Tensor]]:
+        bag = self.bag
         if block.shape[0] != bag.audio_channels:
             raise UsageError(f"the mix has {block.shape[0]} channel(s), model {bag.name} "
                              f"expects {bag.audio_channels}", hint="decode with the model's channel count")
-        if core is None:
-            core = _StreamCore(bag, stems, options, device, block.shape[0], total_frames, progress)
+        if self._core is None:
+            self._core = _StreamCore(bag, self.stems, self.options, self.device, block.shape[0],
+                                     self.total_frames, self.progress)
         if bag.normalize:
-            block = (block - mean) / std
-        yield from _denormalised(core.push(block), bag.normalize, mean, std)
-    if core is None:
-        return
-    yield from _denormalised(core.finish(), bag.normalize, mean, std)
+            block = (block - self.mean) / self.std
+        return list(_denormalised(self._core.push(block), bag.normalize, self.mean, self.std))
+
+    def finish(self) -> List[Dict[str, Tensor]]:
+        if self._core is None:
+            return []
+        return list(_denormalised(self._core.finish(), self.bag.normalize, self.mean, self.std))
 
 
 def _denormalised(outputs: List[Dict[str, Tensor]], normalize: bool, mean, std):
@@ -1149,7 +1179,10 @@ def separate_tensor(bag: ModelBag, mix: Tensor, stems: Optional[Sequence[str]], 
     """
     mix = _as_tensor(mix)
     stems = _check_stems(bag, stems)
-    stats = mix_stats(mix, bag.normalize_rule) if bag.normalize else None
+
+    def stats(rule: str) -> Tuple[Tensor, Tensor]:
+        return mix_stats(mix, rule)
+
     length = mix.shape[1]
     out = {stem: torch.empty(mix.shape[0], length) for stem in stems}
     if length == 0:

@@ -52,24 +52,14 @@ Shapes: M members, C channels, T samples, N frames, F = n_fft // 2 + 1 bins.
 
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .ensemble_rules import (ALGORITHMS, SPEC_ALGORITHMS, WAVE_ALGORITHMS, WEIGHTED_ALGORITHMS,
+                             check_algorithm as _check_algorithm, check_weights)
 from .errors import UsageError
-
-WAVE_ALGORITHMS = ("avg_wave", "median_wave", "min_wave", "max_wave")
-"""Per-sample algorithms: they stream with no delay."""
-
-SPEC_ALGORITHMS = ("avg_fft", "median_fft", "min_fft", "max_fft", "uvr_max_spec", "uvr_min_spec")
-"""Per time-frequency-bin algorithms (STFT, combine, inverse STFT)."""
-
-ALGORITHMS = WAVE_ALGORITHMS + SPEC_ALGORITHMS
-
-WEIGHTED_ALGORITHMS = ("avg_wave", "avg_fft")
-"""The only algorithms that take weights."""
 
 COMPLEX_MEDIANS = ("lexicographic", "componentwise")
 """median_fft on complex bins: MSST's (numpy's complex order) or audio-separator's."""
@@ -77,17 +67,10 @@ COMPLEX_MEDIANS = ("lexicographic", "componentwise")
 N_FFT = 2048
 HOP_LENGTH = 1024
 
-_ALGO_HINT = "use one of " + ", ".join(ALGORITHMS)
-
 
 # ----------------------------------------------------------------------------
 # Argument checks
 # ----------------------------------------------------------------------------
-
-
-def _check_algorithm(algorithm: str) -> None:
-    if algorithm not in ALGORITHMS:
-        raise UsageError(f"unknown ensemble algorithm {algorithm!r}", hint=_ALGO_HINT)
 
 
 def _check_options(complex_median: str, n_fft: int, hop_length: int) -> None:
@@ -98,32 +81,6 @@ def _check_options(complex_median: str, n_fft: int, hop_length: int) -> None:
         raise UsageError(f"ensemble n_fft must be an even integer >= 2, got {n_fft!r}")
     if not (isinstance(hop_length, int) and 1 <= hop_length <= n_fft):
         raise UsageError(f"ensemble hop length must be an integer in 1..n_fft ({n_fft}), got {hop_length!r}")
-
-
-def check_weights(algorithm: str, members: int, weights: Optional[Sequence[float]]) -> Optional[List[float]]:
-    """Validate ``weights`` for ``algorithm`` over ``members`` stems; returns them as floats.
-
-    Raises UsageError for an unknown algorithm, weights given to an algorithm without
-    weights, a count other than ``members``, non-finite weights, or a zero sum.
-    """
-    _check_algorithm(algorithm)
-    if weights is None:
-        return None
-    if algorithm not in WEIGHTED_ALGORITHMS:
-        raise UsageError(f"ensemble algorithm {algorithm} takes no weights",
-                         hint="drop the weights, or use " + " or ".join(WEIGHTED_ALGORITHMS))
-    try:
-        values = [float(w) for w in weights]
-    except (TypeError, ValueError):
-        raise UsageError(f"ensemble weights must be numbers, got {weights!r}") from None
-    if len(values) != members:
-        raise UsageError(f"{len(values)} ensemble weights for {members} models",
-                         hint="give one weight per model, in the models' order")
-    if not all(math.isfinite(w) for w in values):
-        raise UsageError(f"ensemble weights must be finite, got {values}")
-    if sum(values) == 0:
-        raise UsageError(f"ensemble weights sum to zero: {values}", hint="the average divides by their sum")
-    return values
 
 
 def _check_stems(stems: Sequence[torch.Tensor], members: Optional[int] = None) -> None:

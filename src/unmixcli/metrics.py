@@ -1,4 +1,5 @@
-"""Separation quality metrics: BSS Eval v4 (museval-compatible), the MDX "new SDR", SI-SDR.
+"""Separation quality metrics: BSS Eval v4 (museval-compatible), the MDX "new SDR", SI-SDR(i),
+and the speech scores PESQ and (e)STOI (optional `pesq` / `pystoi` packages, imported lazily).
 
 All functions take numpy arrays laid out like the rest of the package: `[S, C, T]`
 (S sources/stems, C channels, T samples) and return float64 arrays.
@@ -27,6 +28,7 @@ convolution per source, channel and window.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Dict, Sequence, Tuple
 
@@ -392,6 +394,114 @@ def si_sdr(references: np.ndarray, estimates: np.ndarray, zero_mean: bool = True
     return 10.0 * np.log10((np.sum(target**2, axis=(-2, -1)) + eps) / (np.sum(residual**2, axis=(-2, -1)) + eps))
 
 
+def si_sdr_improvement(
+    references: np.ndarray, estimates: np.ndarray, mixture: np.ndarray, zero_mean: bool = True, eps: float = 1e-12
+) -> np.ndarray:
+    """SI-SDR improvement: SI-SDR of each estimate minus SI-SDR of the unprocessed mixture.
+
+    Args:
+        references, estimates: `[S, C, T]` (or `[..., C, T]`).
+        mixture: `[C, T]`, the input every estimate was made from (scored against each reference).
+    Returns:
+        `[S]` (the leading axes) in dB.
+    """
+    refs = np.asarray(references, dtype=np.float64)
+    mix = np.broadcast_to(np.asarray(mixture, dtype=np.float64), refs.shape)
+    return si_sdr(refs, estimates, zero_mean, eps) - si_sdr(refs, mix, zero_mean, eps)
+
+
+# --- perceptual speech metrics: PESQ (ITU-T P.862) and (e)STOI, from the `pesq` and `pystoi` packages
+
+PESQ_RATES = {"wb": 16000, "nb": 8000}
+"""The rate each PESQ mode scores at: wide band (P.862.2) at 16 kHz, narrow band (P.862) at 8 kHz."""
+
+SPEECH_HINT = "pip install 'unmixcli[speech]' (or pip install pesq==0.0.4 pystoi==0.4.1)"
+
+
+def _import_speech_metric(module: str):
+    """`pesq` or `pystoi`, imported only when a perceptual score is asked for (optional extra)."""
+    import importlib
+
+    from .errors import UsageError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UsageError(f"PESQ and STOI scores need the `{module}` package", hint=SPEECH_HINT) from exc
+
+
+def _mono(signal: np.ndarray, what: str) -> np.ndarray:
+    """`[T]` or `[C, T]` -> `[T]` float64: channels averaged (the speech metrics are defined on mono)."""
+    signal = np.asarray(signal, dtype=np.float64)
+    if signal.ndim == 2:
+        signal = signal.mean(axis=0)
+    if signal.ndim != 1:
+        raise ValueError(f"{what} must be [T] or [C, T]; got shape {signal.shape}")
+    return signal
+
+
+def _pair(reference: np.ndarray, estimate: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    ref, est = _mono(reference, "reference"), _mono(estimate, "estimate")
+    if ref.shape != est.shape:
+        raise ValueError(f"reference and estimate lengths differ ({ref.shape[0]} and {est.shape[0]} samples)")
+    return ref, est
+
+
+def pesq_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int, mode: str = "wb") -> float:
+    """PESQ MOS-LQO of `estimate` (the degraded or enhanced signal) against the clean `reference`.
+
+    Both are mixed down to mono and resampled to the mode's rate (`PESQ_RATES`: 16 kHz for "wb",
+    8 kHz for "nb") with our band-limited resampler, then scored by the `pesq` package (the ITU
+    reference code). A signal PESQ cannot score (no speech found, too short) gives NaN, so one bad
+    file does not stop an evaluation.
+
+    Args:
+        reference, estimate: `[T]` or `[C, T]` at `sample_rate`.
+        mode: "wb" (P.862.2 wide band) or "nb" (P.862 narrow band).
+    Raises:
+        UsageError: the `pesq` package is not installed (optional extra).
+    """
+    if mode not in PESQ_RATES:
+        raise ValueError(f"PESQ mode must be 'wb' or 'nb', got {mode!r}")
+    pesq = _import_speech_metric("pesq")
+    ref, est = _pair(reference, estimate)
+    rate = PESQ_RATES[mode]
+    if int(sample_rate) != rate:
+        from .audio import resample
+
+        ref = resample(ref[None], int(sample_rate), rate)[0].astype(np.float64)
+        est = resample(est[None], int(sample_rate), rate)[0].astype(np.float64)
+    if not np.any(ref) or not np.any(est):
+        return float("nan")  # the ITU code divides by the peak: silence has no score
+    try:
+        return float(pesq.pesq(rate, ref, est, mode))
+    except pesq.PesqError:
+        return float("nan")
+
+
+def stoi_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int, extended: bool = False) -> float:
+    """STOI (Taal et al. 2011) or, with `extended`, eSTOI (Jensen & Taal 2016) of `estimate`
+    against the clean `reference`, from the `pystoi` package.
+
+    Both are mixed down to mono; pystoi resamples to its 10 kHz itself. Returns a value in
+    about [0, 1] (higher is more intelligible), NaN when too little speech is left after
+    pystoi's silence removal (under 30 frames, about 0.4 s).
+
+    Raises:
+        UsageError: the `pystoi` package is not installed (optional extra).
+    """
+    pystoi = _import_speech_metric("pystoi")
+    ref, est = _pair(reference, estimate)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        value = float(pystoi.stoi(ref, est, int(sample_rate), extended=extended))
+    # Too little speech left after pystoi's silence removal: it warns and returns a placeholder
+    # (1e-5); that is no score, and averaging it in would drag a table down.
+    if any(issubclass(w.category, RuntimeWarning) for w in caught):
+        return float("nan")
+    return value
+
+
 def bss_eval_medians(
     references: np.ndarray, estimates: np.ndarray, sample_rate: int = 44100, window_s: float = 1.0, hop_s: float = 1.0
 ) -> Dict[str, np.ndarray]:
@@ -409,6 +519,10 @@ __all__ = [
     "chunk_mdx_sdr",
     "frame_starts",
     "mdx_sdr",
+    "PESQ_RATES",
+    "pesq_score",
     "si_sdr",
+    "si_sdr_improvement",
+    "stoi_score",
     "track_median",
 ]

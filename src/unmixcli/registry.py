@@ -76,7 +76,8 @@ def purpose_from_stems(stems: Sequence[str]) -> str:
     return "other"
 _FILE_KEYS = {"name", "size", "sha256", "hash_prefix", "url"}
 _SDR_KEYS = {"value", "dataset", "source", "stems", "note"}
-_TOP_KEYS = {"version", "default", "models"}
+_TOP_KEYS = {"version", "default", "models", "ensembles"}
+_ENSEMBLE_KEYS = {"description", "models", "algorithm", "weights", "stems", "purpose", "sdr", "note"}
 
 
 @dataclass(frozen=True)
@@ -183,10 +184,13 @@ class ModelSpec:
 class Registry:
     """Named model specs, after merging every registry file (later files win)."""
 
-    def __init__(self, specs: Mapping[str, ModelSpec], default: Optional[str], sources: Sequence[str]):
+    def __init__(self, specs: Mapping[str, ModelSpec], default: Optional[str], sources: Sequence[str],
+                 ensembles: Mapping[str, "EnsembleSpec"] = MappingProxyType({})):
         self._specs: Dict[str, ModelSpec] = dict(specs)
         self.default = default
         self.sources = tuple(sources)
+        #: preset name -> EnsembleSpec (the `ensembles:` sections, later files win)
+        self.ensembles: Dict[str, EnsembleSpec] = dict(ensembles)
 
     def __contains__(self, name: object) -> bool:
         return name in self._specs
@@ -205,10 +209,13 @@ class Registry:
         spec = self._specs.get(name)
         if spec is not None:
             return spec
+        if name in self.ensembles:
+            raise ModelNotFoundError(f"'{name}' is an ensemble preset, not a model",
+                                     hint="run it with -m " + name + " (unmix separate), not here")
         raise ModelNotFoundError(f"unknown model '{name}'", hint=self._not_found_hint(name))
 
     def close_matches(self, name: str, n: int = 3) -> List[str]:
-        by_lower = {k.lower(): k for k in self._specs}
+        by_lower = {k.lower(): k for k in list(self._specs) + list(self.ensembles)}
         hits = difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.6)
         return [by_lower[h] for h in hits]
 
@@ -290,23 +297,41 @@ def registry_files(extra_files: Iterable[os.PathLike | str] = (), *, include_use
 def load_registry(extra_files: Iterable[os.PathLike | str] = (), *, include_user: bool = True) -> Registry:
     """Read and validate every registry file; raise RegistryError naming file, entry and field."""
     specs: Dict[str, ModelSpec] = {}
+    ensembles: Dict[str, EnsembleSpec] = {}
     default: Optional[str] = None
     sources = []
     for path in registry_files(extra_files, include_user=include_user):
-        file_default, file_specs = load_registry_file(path)
+        file_default, file_specs, file_presets = _parse_file(path)
         for spec in file_specs:
             specs.pop(spec.name, None)  # re-insert so an override keeps its new position last
             specs[spec.name] = spec
+            ensembles.pop(spec.name, None)  # one name, one meaning: the later file's
+        for preset in file_presets:
+            ensembles.pop(preset.name, None)
+            ensembles[preset.name] = preset
+            specs.pop(preset.name, None)
         if file_default is not None:
             default = file_default
         sources.append(str(path))
-    if default is not None and default not in specs:
+    if default is not None and default not in specs and default not in ensembles:
         raise RegistryError(f"the default model '{default}' has no entry", path=sources[-1])
-    return Registry(specs, default, sources)
+    for preset in ensembles.values():
+        # Members are checked once every file is read: a user file may add them.
+        for member in preset.models:
+            if member not in specs:
+                raise RegistryError(f"ensemble '{preset.name}': member '{member}' has no model entry",
+                                    path=preset.source, hint="add the model, or fix the member's name")
+    return Registry(specs, default, sources, ensembles)
 
 
 def load_registry_file(path: os.PathLike | str) -> Tuple[Optional[str], List[ModelSpec]]:
     """Parse one registry file: `(default name or None, [ModelSpec...])`."""
+    default, specs, _ = _parse_file(path)
+    return default, specs
+
+
+def _parse_file(path: os.PathLike | str) -> Tuple[Optional[str], List[ModelSpec], List["EnsembleSpec"]]:
+    """One registry file: its default, its model entries and its ensemble presets."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -324,7 +349,7 @@ def load_registry_file(path: os.PathLike | str) -> Tuple[Optional[str], List[Mod
         problem = getattr(exc, "problem", None) or str(exc)
         raise RegistryError(f"invalid YAML{where}: {problem}", path=path)
     if data is None:
-        return None, []
+        return None, [], []
     if not isinstance(data, dict):
         raise RegistryError("a registry file must be a mapping with a 'models' key", path=path)
     # Top-level keys starting with "_" hold YAML anchors shared by entries (`<<: *name`).
@@ -341,7 +366,78 @@ def load_registry_file(path: os.PathLike | str) -> Tuple[Optional[str], List[Mod
     default = data.get("default")
     if default is not None and not isinstance(default, str):
         raise RegistryError("'default' must be a model name", path=path)
-    return default, specs
+    return default, specs, _parse_ensembles(data.get("ensembles") or {}, path)
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """A named ensemble (registry `ensembles:` section): members run on the same input, each
+    stem combined by `algorithm` (ensemble.py) with `weights`."""
+
+    name: str
+    description: str
+    models: Tuple[str, ...]
+    algorithm: str
+    weights: Optional[Tuple[float, ...]]
+    stems: Tuple[str, ...]
+    purpose: str
+    sdr: Optional[SdrInfo] = None
+    note: Optional[str] = None
+    source: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "name": self.name, "ensemble": True, "description": self.description, "models": list(self.models),
+            "algorithm": self.algorithm, "weights": None if self.weights is None else list(self.weights),
+            "stems": list(self.stems), "purpose": self.purpose, "note": self.note, "source": self.source,
+            "sdr": None if self.sdr is None else {"value": self.sdr.value, "dataset": self.sdr.dataset,
+                                                  "source": self.sdr.source, "stems": dict(self.sdr.stems),
+                                                  "note": self.sdr.note},
+        }
+
+
+def _parse_ensembles(raw_all: Any, path: Path) -> List[EnsembleSpec]:
+    """A file's `ensembles:` section: preset name -> {description, models, algorithm, weights,
+    stems, purpose, sdr, note}; members are checked against the merged models later."""
+    if not isinstance(raw_all, dict):
+        raise RegistryError("'ensembles' must map preset names to entries", path=path)
+    presets: List[EnsembleSpec] = []
+    if not raw_all:
+        return presets
+    from . import ensemble_rules as ensemble  # torch-free: models list must not import torch
+    from .errors import UsageError
+
+    for name, raw in raw_all.items():
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise RegistryError(f"invalid ensemble name {name!r}", path=path)
+        if not isinstance(raw, dict):
+            raise RegistryError(f"ensemble '{name}': the entry must be a mapping of fields", path=path)
+        e = _Entry(name, raw, path)
+        unknown = set(raw) - _ENSEMBLE_KEYS
+        if unknown:
+            raise e.fail(sorted(map(str, unknown))[0], "unknown field")
+        members = raw.get("models")
+        if (not isinstance(members, list) or len(members) < 2
+                or not all(isinstance(m, str) and _NAME_RE.match(m) for m in members)):
+            raise e.fail("models", "must list two or more model names")
+        algorithm = e.str_("algorithm", required=True)
+        weights = raw.get("weights")
+        try:
+            checked = ensemble.check_weights(algorithm, len(members), weights)
+        except UsageError as exc:  # reworded for a file: which entry, which field
+            raise e.fail("weights" if weights is not None and algorithm in ensemble.ALGORITHMS else "algorithm",
+                         exc.message)
+        stems = raw.get("stems")
+        if not isinstance(stems, list) or not stems or not all(isinstance(x, str) and x for x in stems):
+            raise e.fail("stems", "must list the stems the preset is for")
+        purpose = raw.get("purpose") or purpose_from_stems(stems)
+        if purpose not in PURPOSES:
+            raise e.fail("purpose", f"must be one of {', '.join(PURPOSES)}, got {purpose!r}")
+        presets.append(EnsembleSpec(
+            name=name, description=e.str_("description", required=True), models=tuple(members),
+            algorithm=algorithm, weights=None if checked is None else tuple(checked), stems=tuple(stems),
+            purpose=purpose, sdr=_parse_sdr(e, list(stems)), note=e.str_("note"), source=str(path)))
+    return presets
 
 
 # --------------------------------------------------------------------------- validation

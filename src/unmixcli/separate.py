@@ -32,7 +32,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import audio
+from . import audio, nistems
+from . import tags as tagging
 from .checks import is_whole
 from .errors import AudioDecodeError, AudioEncodeError, UnmixError, UsageError
 
@@ -63,7 +64,9 @@ class OutputOptions:
     number of Hz (an int, or a string of digits as the command line gives it).
     `bit_depth` None means 24 for WAV/FLAC (the stems are float inside; 24 bits
     keeps their quality, 32 writes float WAV). `bitrate` is in bits per second,
-    for the lossy formats only.
+    for the lossy formats only. `fmt` "stems" (alias "stem.mp4") writes one NI Stems
+    file per track (nistems.py): AAC at `bitrate`, or ALAC when `bit_depth` is given.
+    `tags` copies the input's tags and cover art onto every stem (tags.py).
     """
 
     out_dir: Path = Path("separated")
@@ -74,10 +77,13 @@ class OutputOptions:
     sample_rate: object = "model"
     clip: str = "rescale"
     overwrite: bool = False
+    tags: bool = True
 
     def __post_init__(self) -> None:
         # Accept str paths from API users; everything below relies on Path.
         object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if self.fmt in nistems.ALIASES:
+            object.__setattr__(self, "fmt", nistems.FORMAT)
         object.__setattr__(self, "sample_rate", _parse_rate(self.sample_rate))
         self._check()
 
@@ -86,19 +92,23 @@ class OutputOptions:
         self._check()
 
     def _check(self) -> None:
-        if self.fmt not in audio.FORMATS:
-            raise UsageError(f"unknown output format {self.fmt!r}", hint=f"use one of: {', '.join(audio.FORMATS)}")
+        if self.fmt not in audio.FORMATS + (nistems.FORMAT,):
+            raise UsageError(f"unknown output format {self.fmt!r}",
+                             hint=f"use one of: {', '.join(audio.FORMATS + (nistems.FORMAT,))}")
         if self.clip not in CLIP_MODES:
             raise UsageError(f"unknown clip mode {self.clip!r}", hint=f"use one of: {', '.join(CLIP_MODES)}")
         check_template(self.template)
-        depths = {"wav": (16, 24, 32), "flac": (16, 24)}.get(self.fmt, ())
+        depths = {"wav": (16, 24, 32), "flac": (16, 24), nistems.FORMAT: (16, 24)}.get(self.fmt, ())
         if self.bit_depth is not None and (not is_whole(self.bit_depth) or self.bit_depth not in depths):
             raise UsageError(
                 f"{self.fmt} cannot be written with --bit-depth {self.bit_depth}",
                 hint=f"use one of {', '.join(map(str, depths))}" if depths else "use --bitrate for lossy formats",
             )
         if self.bitrate is not None:
-            if depths:
+            if self.fmt == nistems.FORMAT and self.bit_depth is not None:
+                raise UsageError("--bitrate and --bit-depth cannot be combined for stems",
+                                 hint="--bit-depth writes ALAC (lossless); --bitrate sets the AAC bitrate")
+            if depths and self.fmt != nistems.FORMAT:
                 raise UsageError(f"--bitrate does not apply to {self.fmt}", hint="use --bit-depth for wav/flac")
             if not is_whole(self.bitrate) or not MIN_BITRATE <= self.bitrate <= MAX_BITRATE:
                 shown = f"{self.bitrate / 1000:g} kbit/s" if is_whole(self.bitrate) else repr(self.bitrate)
@@ -414,6 +424,11 @@ def _assign_outputs(
 
 
 def _outputs_for(output: OutputOptions, model: str, stems: Sequence[str], track: str, rel: str) -> Dict[str, Path]:
+    if output.fmt == nistems.FORMAT:
+        # One file holds every stem: by default `<track>.stem.mp4` where the track's folder would be.
+        template = "{model}/{dir}/{track}.{ext}" if output.template == DEFAULT_TEMPLATE else output.template
+        return {nistems.OUTPUT_KEY: render_output(template, output.out_dir, track=track, stem=nistems.OUTPUT_KEY,
+                                                  model=model, ext=nistems.EXTENSION, rel_dir=rel)}
     return {
         s: render_output(output.template, output.out_dir, track=track, stem=s, model=model, ext=output.fmt, rel_dir=rel)
         for s in stems
@@ -584,7 +599,7 @@ def separate_track(
             options=runtime.options,
             device=runtime.device,
             progress=on_progress,
-            stats=stats.mean_std(bag.normalize_rule),
+            stats=stats.mean_std,
         )
         for out in stream:
             parts = {s: _to_numpy(t) for s, t in out.items()}
@@ -610,19 +625,31 @@ def separate_track(
         if done != mix.frames:
             raise RuntimeError(f"engine returned {done} frames for {mix.frames}")  # a bug, not a user error
 
-        # Pass 3: encode with one shared gain, each stem written atomically.
+        # Pass 3: encode with one shared gain, each stem written atomically (tagged before its rename).
         gain = 1.0 / peak if (output.clip == "rescale" and peak > 1.0) else 1.0
         out_rate = _output_rate(output.sample_rate, model_sr, in_rate)
         target_frames = _target_frames(mix.frames, model_sr, out_rate, info)
         total_write = len(written) * duration
-        for i, stem in enumerate(written):
+        track_tags = tagging.read_tags(job.input) if output.tags else None  # None: untagged
+        if output.fmt == nistems.FORMAT:
+            _write_ni_stems(job, mix, stem_files, written, output, model_sr, out_rate, target_frames, channels,
+                            None if track_tags is None else track_tags.for_stem(None, job.track))
+            written_now.append(job.outputs[nistems.OUTPUT_KEY])
+            report("write", total_write, total_write)
+        per_file = [] if output.fmt == nistems.FORMAT else written  # stems written one file each
+        for i, stem in enumerate(per_file):
             path = job.outputs[stem]
             path.parent.mkdir(parents=True, exist_ok=True)
             blocks = _finalise_blocks(stem_files[stem].blocks(), gain, output.clip)
             if out_rate != model_sr:
                 blocks = _resampled(blocks, model_sr, out_rate, channels, target_frames)
+            finish = None
+            if track_tags is not None:
+                stem_tags = track_tags.for_stem(stem, job.track)
+                finish = lambda tmp, t=stem_tags: tagging.write_tags(tmp, output.fmt, t)  # noqa: E731
             with audio.AudioWriter(
-                path, out_rate, channels, fmt=output.fmt, bit_depth=output.effective_bit_depth, bitrate=output.bitrate
+                path, out_rate, channels, fmt=output.fmt, bit_depth=output.effective_bit_depth, bitrate=output.bitrate,
+                finish=finish,
             ) as writer:
                 for block in blocks:
                     writer.write(block)
@@ -642,6 +669,31 @@ def separate_track(
         shutil.rmtree(scratch, ignore_errors=True)
         if not finished:
             _discard_partial_track(written_now, {p.parent for p in job.outputs.values()})
+
+
+def _write_ni_stems(job: Job, mix: "_Scratch", stem_files: Dict[str, "_Scratch"], written: Sequence[str],
+                    output: OutputOptions, model_sr: int, out_rate: int, target_frames: int, channels: int,
+                    track_tags) -> None:
+    """The track's one NI Stems file: the mix and the four slots, AAC or ALAC (nistems.py)."""
+    path = job.outputs[nistems.OUTPUT_KEY]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mapping = nistems.slot_map(written)
+
+    def composed() -> Iterator[np.ndarray]:  # [10, t] blocks: (mix, drums, bass, other, vocals) x stereo
+        return nistems.compose(mix.blocks(), {s: stem_files[s].blocks() for s in written}, mapping, channels)
+
+    # One gain for all five streams (the mix and a summed 'other' slot included), so the stems still add up
+    # to the master; a pre-pass over the scratch files finds their peak.
+    peak = max((float(np.abs(b).max(initial=0.0)) for b in composed()), default=0.0)
+    gain = 1.0 / peak if (output.clip == "rescale" and peak > 1.0) else 1.0
+    blocks = _finalise_blocks(composed(), gain, output.clip)
+    if out_rate != model_sr:
+        blocks = _resampled(blocks, model_sr, out_rate, nistems.CHANNELS, target_frames)
+    codec = "alac" if output.bit_depth is not None else "aac"
+    with nistems.StemsWriter(path, out_rate, codec=codec, bitrate=output.bitrate, bit_depth=output.bit_depth,
+                             tags=track_tags) as writer:
+        for block in blocks:
+            writer.write(block)
 
 
 def _discard_partial_track(stems: Sequence[Path], folders) -> None:

@@ -195,6 +195,11 @@ def get(name: str, *, path: Any = None) -> Family:
 # --------------------------------------------------------------------------- loading
 
 
+def looks_local(ref: str) -> bool:
+    """Whether `ref` names an existing file or folder (which wins over a registry name)."""
+    return Path(os.path.expanduser(str(ref))).exists()
+
+
 def resolve(ref: str, *, registry_files: Iterable[Union[str, os.PathLike]] = ()):
     """An existing local path, or the registry entry named `ref` (ModelNotFoundError otherwise).
 

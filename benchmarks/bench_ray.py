@@ -44,7 +44,7 @@ SIZES = {
 }
 
 
-def make_model(folder: Path, size: str) -> Path:
+def make_model(folder: Path, size: str, seed: int = 1) -> Path:
     from fractions import Fraction
 
     from demucs_export import export_model, tiny_htdemucs, write_bag_yaml
@@ -52,7 +52,7 @@ def make_model(folder: Path, size: str) -> Path:
     extra = dict(SIZES[size])
     if size == "released":
         extra["segment"] = Fraction(39, 5)
-    sig = export_model(tiny_htdemucs(seed=1, **extra), folder)
+    sig = export_model(tiny_htdemucs(seed=seed, **extra), folder)
     write_bag_yaml(folder, "bench", [sig])
     return folder
 

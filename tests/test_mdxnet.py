@@ -319,3 +319,112 @@ def test_local_file_routing(ref, tmp_path):
                                    '"mdx_n_fft_scale_set": 2048, "primary_stem": "Bass"}')
     assert families.load_local(path).sources == ["bass", "no_bass"]
     assert families.load_local(folder).sources == ["bass", "no_bass"]
+
+
+# --------------------------------------------------------------------------- registry and CLI
+
+AS_PREFIX = "https://github.com/TRvlvr/model_repo/releases/download/all_public_uvr_models/"
+
+
+def _as_scores() -> dict:
+    """audio-separator's own list of the models it runs, with their stems (its package data)."""
+    import json
+    from importlib import metadata
+
+    # From the installed distribution: the `ref` fixture may hold a stand-in package meanwhile.
+    return json.loads(Path(metadata.distribution("audio-separator").locate_file(
+        "audio_separator/models-scores.json")).read_text())
+
+
+def test_registry_entries_are_the_files_audio_separator_downloads():
+    """Every mdxnet entry names a file audio-separator knows, at the URL it downloads from, with
+    its stems (primary first, as UVR's table orders them) and its published median SDR."""
+    from unmixcli.registry import load_registry
+
+    scores = _as_scores()
+    entries = [s for s in load_registry(include_user=False) if s.family == "mdxnet"]
+    assert {"Kim_Vocal_2", "UVR-MDX-NET-Inst_HQ_3", "UVR-MDX-NET-Inst_HQ_4", "UVR-MDX-NET-Inst_HQ_5",
+            "UVR-MDX-NET-Voc_FT", "UVR_MDXNET_KARA_2", "Reverb_HQ_By_FoxJoy"} <= {s.name for s in entries}
+    for spec in entries:
+        (file,) = spec.files
+        assert file.name == spec.checkpoint == f"{spec.name}.onnx"
+        assert file.url == AS_PREFIX + file.name and file.trust_first
+        theirs = scores[file.name]
+        assert list(spec.stems) == [s.replace(" ", "_") for s in theirs["stems"]]
+        assert spec.stems[0] == theirs["target_stem"].replace(" ", "_")
+        if theirs.get("median_scores"):
+            assert spec.sdr.stems == {k.replace(" ", "_"): round(v["SDR"], 2)
+                                      for k, v in theirs["median_scores"].items()}
+
+
+def _served_entry(tmp_path, server, name: str, data: bytes) -> Path:
+    """A user registry holding models.yaml's own entry `name`, its file served from loopback."""
+    import yaml
+
+    from unmixcli.registry import builtin_registry_path
+
+    entry = dict(yaml.safe_load(builtin_registry_path().read_text())["models"][name])
+    entry["files"] = [{**entry["files"][0], "url": server.publish(f"/all_public_uvr_models/{name}.onnx", data)}]
+    reg = tmp_path / "reg.yaml"
+    reg.write_text(yaml.safe_dump({"version": 1, "models": {name: entry}}, sort_keys=False))
+    return reg
+
+
+def test_cli_kim_vocal_2_karaoke_from_the_url_server(ref, tmp_path, monkeypatch, hf_env):
+    """`unmix song.wav -m Kim_Vocal_2 --karaoke`: the registry entry downloads its .onnx (random
+    weights in UVR's export layout), finds its row in UVR's table by hash, and writes vocals and
+    instrumental equal to audio-separator's MDX demix on the same file."""
+    import soundfile as sf
+    from urlserver import FileServer
+
+    from conftest import run_unmix
+
+    monkeypatch.setenv("UNMIX_CACHE", str(tmp_path / "cache"))
+    path = export(reference_net(ref, seed=21), tmp_path / "Kim_Vocal_2.onnx")
+    row = {"compensate": 1.009, "mdx_dim_f_set": SMALL["dim_f"], "mdx_dim_t_set": 4,
+           "mdx_n_fft_scale_set": 2048, "primary_stem": "Vocals"}
+    table = dict(family._table())
+    table[family.uvr_hash(path)] = row
+    monkeypatch.setattr(family, "_table", lambda: table)
+    mix = (np.random.default_rng(4).standard_normal((2, 30000)) * 0.2).astype(np.float32)
+    song = tmp_path / "song.wav"
+    sf.write(song, mix.T, 44100, subtype="FLOAT")
+    with FileServer(lifetime=60) as server:
+        reg = _served_entry(tmp_path, server, "Kim_Vocal_2", path.read_bytes())
+        result = run_unmix(str(song), "-m", "Kim_Vocal_2", "--karaoke", "--registry", str(reg), "-o",
+                           str(tmp_path / "out"), "-f", "wav", "--bit-depth", "32", "--clip", "none")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out" / "Kim_Vocal_2" / "song"
+    assert sorted(p.name for p in out.iterdir()) == ["instrumental.wav", "vocals.wav"]
+    vocals = sf.read(out / "vocals.wav", dtype="float32", always_2d=True)[0].T
+    inst = sf.read(out / "instrumental.wav", dtype="float32", always_2d=True)[0].T
+    sep = reference_separator(ref, path, hop=family.HOP, dim_t=16, n_fft=2048, dim_f=SMALL["dim_f"],
+                              overlap=family.OVERLAP)
+    primary = sep.demix(mix.copy()) * row["compensate"]
+    assert rel_err(vocals, primary) < 1e-4
+    assert rel_err(inst, mix - primary) < 1e-4
+
+
+def test_cli_unknown_hash_asks_for_model_params_then_runs_with_them(ref, tmp_path):
+    """A local .onnx UVR's table does not know: one line naming the file and --model-params; given
+    the parameters as JSON, it runs."""
+    import soundfile as sf
+
+    from conftest import run_unmix, stderr_of
+
+    path = export(reference_net(ref, seed=22), tmp_path / "mystery.onnx")
+    song = tmp_path / "song.wav"
+    sf.write(song, (np.random.default_rng(5).standard_normal((20000, 2)) * 0.2).astype(np.float32), 44100)
+    result = run_unmix(str(song), "-m", str(path), "-o", str(tmp_path / "out"))
+    err = stderr_of(result).strip()
+    lines = err.splitlines()  # the error, and its hint
+    assert result.exit_code != 0 and len(lines) == 2 and lines[1].lstrip().startswith("hint:"), err
+    assert "mystery.onnx" in lines[0] and "--model-params" in lines[1] and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.wav"))
+    params = tmp_path / "params.json"
+    params.write_text('{"compensate": 1.0, "mdx_dim_f_set": 64, "mdx_dim_t_set": 4, '
+                      '"mdx_n_fft_scale_set": 2048, "primary_stem": "Instrumental"}')
+    result = run_unmix(str(song), "-m", str(path), "--model-params", str(params), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out" / "mystery" / "song").iterdir()) == \
+        ["instrumental.wav", "vocals.wav"]

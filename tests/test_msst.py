@@ -49,7 +49,7 @@ def test_config_option_misuse_is_a_usage_error(tmp_path, hf_env):
     bad = invoke(song, "-m", "htdemucs", "--config", cfg, "-o", tmp_path / "o", "-q")
     assert bad.exit_code == 2 and "--config applies to a local checkpoint" in bad.output
     demucs = invoke(song, "-m", export_tiny(tmp_path / "tiny"), "--config", cfg, "-o", tmp_path / "o", "-q")
-    assert demucs.exit_code == 2 and "--config applies to MSST checkpoints" in demucs.output
+    assert demucs.exit_code == 2 and "applies to MSST and UVR checkpoints" in demucs.output
     (tmp_path / "m.ckpt").write_bytes(ckpt_bytes(random_model(MelBandRoformer, MEL_MODEL, seed=1)))
     missing = invoke(song, "-m", tmp_path / "m.ckpt", "--config", tmp_path / "nope.yaml", "-o", tmp_path / "o", "-q")
     assert missing.exit_code == 2 and "no such config file" in missing.output

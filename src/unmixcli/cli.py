@@ -283,6 +283,9 @@ def separate_cmd(
                                             "Default 24. With -f stems: ALAC 16/24 instead of AAC."),
     bitrate: Optional[int] = typer.Option(None, "--bitrate", help="kbit/s for mp3/opus/m4a/stems (default 320/192/256/256)."),
     no_tags: bool = typer.Option(False, "--no-tags", help="Do not copy the input's tags and cover art onto the stems."),
+    remux: bool = typer.Option(False, "--remux", help="For video inputs: also write a copy of the video with one "
+                               "stem as its audio (the first of --stems; else speech, the instrumental with "
+                               "--karaoke, or vocals), other streams copied as they are, beside the stems."),
     sample_rate: str = typer.Option("model", "--sample-rate", help="'model' (44.1 kHz), 'keep' (the input's) or Hz."),
     clip: str = typer.Option("rescale", "--clip", help="rescale (one gain for all stems), clamp, or none."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
@@ -309,6 +312,8 @@ def separate_cmd(
                                               "cluster address. Needs unmixcli[ray] and a filesystem all nodes share."),
     workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: actors (each loads the model once; "
                                           "one GPU each on a GPU cluster). Default: Ray scales from 1 up."),
+    html_report: bool = typer.Option(False, "--report", help="Also write report.html in the output folder: "
+                                     "players, waveforms, spectrograms and loudness of every stem."),
 ) -> None:
     with handle_errors():
         # Every option is checked by the options type that defines it (the API gets the same
@@ -321,7 +326,7 @@ def separate_cmd(
         output = OutputOptions(
             out_dir=out, template=filename, fmt=fmt, bit_depth=bit_depth,
             bitrate=None if bitrate is None else bitrate * 1000,
-            sample_rate=sample_rate, clip=clip, overwrite=overwrite, tags=not no_tags,
+            sample_rate=sample_rate, clip=clip, overwrite=overwrite, tags=not no_tags, remux=remux,
         )
         request = StemRequest(stems=_parse_stems(stems), karaoke=karaoke, instrumental=instrumental)
         engine_options = EngineOptions(segment=segment, overlap=overlap, shifts=shifts, seed=seed,
@@ -336,6 +341,7 @@ def separate_cmd(
             raise UsageErrorCls("--workers applies to --ray batches only", hint="add --ray auto, or drop --workers")
         models = _model_choice(model, ensemble, weights, quality)
         reporter = _Reporter(json_events, quiet)
+        report_after = _separation_report(html_report, output, request, engine_options, device)
         with _sigterm_as_interrupt(), _warnings_as_lines():
             if dry_run:
                 _dry_run(inputs, models, registry, output, request, reporter, config)
@@ -348,7 +354,8 @@ def separate_cmd(
                 separator_kwargs = dict(**models, device=device, **dataclasses.asdict(engine_options),
                                         offline=offline, registry_files=[str(r) for r in registry],
                                         stems=request.needed(), config=None if config is None else str(config))
-                _ray_batch(inputs, separator_kwargs, request, output, ray_options, reporter)
+                _ray_batch(inputs, separator_kwargs, request, output, ray_options, reporter,
+                           after=lambda results: report_after(results, " + ".join(model)))
                 return
             from .api import Separator
 
@@ -366,6 +373,7 @@ def separate_cmd(
                 results = run_batch(jobs, sep.runtime, request, output, reporter.event)
             finally:
                 reporter.close()
+            report_after(results, sep.display_name)
         reporter.summary(results)
         failed = [r for r in results if r.status == "failed"]
         if failed:
@@ -393,7 +401,31 @@ def _model_choice(model: List[str], ensemble: Optional[str], weights: Optional[s
                 quality=quality or "balanced")
 
 
-def _ray_batch(inputs, separator_kwargs, request, output, ray_options, reporter) -> None:
+def _separation_report(enabled: bool, output, request, engine_options, device):
+    """`--report`: a callable (results, model name) that writes report.html for a batch, its time
+    counted from now (model loading included); a no-op without --report."""
+    import time
+
+    started = time.monotonic()
+
+    def write(results, model: str) -> None:
+        if not enabled:
+            return
+        from .report import write_separation_report
+
+        settings = {"stems": ("vocals + instrumental" if request.karaoke else request.stems or "all"),
+                    "format": output.fmt, "bit depth": output.effective_bit_depth, "bitrate": output.bitrate,
+                    "sample rate": output.sample_rate, "clip": output.clip, "device": device,
+                    **{k: v for k, v in dataclasses.asdict(engine_options).items()}}
+        path = write_separation_report(results, output.out_dir, model=model, settings=settings,
+                                       total_elapsed=time.monotonic() - started)
+        if path is not None:
+            err_console.print(f"report: {path}", highlight=False, markup=False)
+
+    return write
+
+
+def _ray_batch(inputs, separator_kwargs, request, output, ray_options, reporter, after=None) -> None:
     """`--ray`: the batch as a Ray Data job (raybatch.py). Ray draws the progress; we print each
     failure as it comes (or JSON events), then the summary table; exit codes as a local batch."""
     from .raybatch import separate_on_ray
@@ -406,6 +438,8 @@ def _ray_batch(inputs, separator_kwargs, request, output, ray_options, reporter)
 
     results = separate_on_ray(inputs, separator_kwargs, request, output, ray_options, on_event,
                               download_progress=reporter.download_progress())
+    if after is not None:
+        after(results)
     reporter.summary(results)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(EXIT_FAILURE)
@@ -967,15 +1001,19 @@ def models_remove_cmd(
 @app.command(
     "eval",
     help="Score a model (or existing separations) on a MUSDB18-HQ-layout folder: BSS Eval v4 "
-    "SDR/SIR/ISR/SAR (museval-compatible) and the MDX uSDR.\n\n"
+    "SDR/SIR/ISR/SAR (museval-compatible) and the MDX uSDR; or on a speech folder, VoiceBank-DEMAND "
+    "(clean/ + noisy/) or LibriMix (mix_clean/ or mix_both/, s1/, s2/; best speaker permutation): "
+    "PESQ wb/nb, STOI, eSTOI, SI-SDR and SI-SDRi. The layout is told from the folder.\n\n"
     "  unmix eval musdb18hq/test -m htdemucs\n\n"
-    "  unmix eval musdb18hq/test --estimates my_separations/",
+    "  unmix eval musdb18hq/test --estimates my_separations/\n\n"
+    "  unmix eval voicebank/test -m deepfilternet3",
     no_args_is_help=True,
 )
 def eval_cmd(
-    dataset: Path = typer.Argument(..., help="<split>/<track>/mixture.wav + <stem>.wav, or the folder holding test/."),
+    dataset: Path = typer.Argument(..., help="<split>/<track>/mixture.wav + <stem>.wav, clean/ + noisy/, or "
+                                   "mix_clean/ + s1/ + s2/; or the folder holding test/."),
     model: List[str] = typer.Option([], "-m", "--model", help="Model or preset to separate with (default "
-                                    "htdemucs); more than once for an ensemble."),
+                                    "htdemucs; deepfilternet3 for VoiceBank-DEMAND); more than once for an ensemble."),
     ensemble: Optional[str] = typer.Option(None, "--ensemble", metavar="ALGO", help="How an ensemble combines its "
                                            "models' stems (as unmix separate --ensemble)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Ensemble weights, one per -m."),
@@ -983,6 +1021,8 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Results folder (default eval/<model or estimates name>)."),
     stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to score (default: those the model and references share)."),
     subset: str = typer.Option("test", "--subset", help="Split folder when DATASET holds several."),
+    mix: Optional[str] = typer.Option(None, "--mix", help="LibriMix: the mixture folder scored, mix_clean "
+                                      "(default when present) or mix_both."),
     tracks: Optional[str] = typer.Option(None, "--tracks", help="Comma-separated track names (default: all)."),
     fit_length: bool = typer.Option(False, "--fit-length", help="Pad or cut estimates to the reference length."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Score tracks again even if already scored."),
@@ -996,24 +1036,39 @@ def eval_cmd(
     precision: str = typer.Option("auto", "--precision", help=_PRECISION_HELP),
     offline: bool = typer.Option(False, "--offline", help="Cached models only."),
     registry: List[Path] = typer.Option([], "--registry", help="Extra registry YAML file(s)."),
+    html_report: bool = typer.Option(False, "--report", help="Also write report.html in the results folder: "
+                                     "tables and a per-stem SDR box plot."),
+    compare: List[Path] = typer.Option([], "--compare", metavar="RESULTS", help="With --report: other unmix eval "
+                                       "results folders shown side by side (models, ensembles)."),
 ) -> None:
     with handle_errors(), _sigterm_as_interrupt(), _warnings_as_lines():
+        if compare and not html_report:
+            raise UsageErrorCls("--compare applies to --report only", hint="add --report, or drop --compare")
+        for folder in compare:  # before any separation: a mistyped folder fails at once
+            from .report import read_eval_results
+
+            read_eval_results(folder)
         if model and estimates:
             raise UsageErrorCls("give either -m/--model or --estimates, not both")
         if (ensemble or weights) and estimates:
             raise UsageErrorCls("--ensemble and --weights apply to models, not to --estimates")
         from .engine import EngineOptions, effective_precision
-        from .evaluate import EvalOptions, evaluate
+        from .evaluate import EvalOptions, detect_layout, evaluate
 
         # The same checks (and wording) as `unmix separate` and the API, before any model loads.
         engine_options = EngineOptions(segment=segment, overlap=overlap, shifts=shifts, precision=precision, tta=tta)
         options = EvalOptions(stems=_parse_stems(stems), subset=subset, track_names=_parse_stems(tracks),
-                              fit_length=fit_length, overwrite=overwrite)
+                              fit_length=fit_length, overwrite=overwrite, layout=detect_layout(dataset, subset)[0],
+                              mixture=mix)
         separate_fn, wanted, label = None, options.stems, None
         if estimates is None:
             from .api import Separator
 
-            models = _model_choice(model or ["htdemucs"], ensemble, weights, None)
+            if not model and options.layout == "librimix":
+                raise UsageErrorCls("a LibriMix folder needs a speaker separation model",
+                                    hint="add e.g. -m convtasnet-libri2mix-16k or -m sepformer-wsj02mix")
+            default = DENOISE_MODEL if options.layout == "voicebank" else "htdemucs"
+            models = _model_choice(model or [default], ensemble, weights, None)
             sep = Separator(**models, device=device, **dataclasses.asdict(engine_options), offline=offline,
                             registry_files=[str(r) for r in registry])
             separate_fn, wanted = _eval_separate_fn(sep, dataset, subset, wanted)
@@ -1033,12 +1088,18 @@ def eval_cmd(
             report = evaluate(
                 dataset, out_dir, estimates_dir=estimates, separate_fn=separate_fn, stems=wanted,
                 subset=options.subset, track_names=options.track_names, fit_length=options.fit_length,
-                overwrite=options.overwrite, label=label, progress=progress,
+                overwrite=options.overwrite, label=label, progress=progress, layout=options.layout,
+                mixture=options.mixture,
             )
         finally:
             if progress is not None:
                 progress.close()
         _print_eval(report, json_out, quiet)
+        if html_report:
+            from .report import REPORT_NAME, write_eval_report
+
+            page = write_eval_report([out_dir, *compare], out_dir / REPORT_NAME)
+            err_console.print(f"report: {page}", highlight=False, markup=False)
 
 
 def _ensemble_label(bag) -> str:
@@ -1055,10 +1116,12 @@ def _eval_separate_fn(sep, dataset: Path, subset: str, wanted: Optional[tuple]):
     Default stems: those both the model and the references have; a vocals-only model is
     scored on vocals + accompaniment (mix minus vocals), as karaoke uses it.
     """
-    from .evaluate import ACCOMPANIMENT, find_tracks
+    from .evaluate import ACCOMPANIMENT, MUSDB, reference_stems
 
-    _, found = find_tracks(dataset, subset)
-    refs = set(found[0].stem_files()) if found else set()
+    layout, ref_stems = reference_stems(dataset, subset)
+    refs = set(ref_stems)
+    if layout != MUSDB and wanted is None:
+        wanted = ref_stems  # speech: the model must give every reference stem (speech, or each speaker)
     shared = [s for s in sep.sources if s in refs or (s == "vocals" and ACCOMPANIMENT in refs)]
     residual = sep.sources == ["vocals"] or (wanted is not None and ACCOMPANIMENT in wanted and ACCOMPANIMENT not in sep.sources)
     if wanted is None:
@@ -1111,7 +1174,7 @@ def _print_eval(report, json_out: bool, quiet: bool) -> None:
     if json_out:
         out_console.file.write(json.dumps({
             "dataset": str(report.dataset), "output": str(report.output_dir), "stems": list(report.stems),
-            "tracks": len(report.tracks), "skipped": report.skipped,
+            "layout": report.layout, "tracks": len(report.tracks), "skipped": report.skipped,
             "aggregate": {kind: {stem: {m: num(v) for m, v in ms.items()} for stem, ms in rows.items()}
                           for kind, rows in report.aggregate.items()},
             "files": {k: str(v) for k, v in report.files.items()},
@@ -1119,6 +1182,9 @@ def _print_eval(report, json_out: bool, quiet: bool) -> None:
         return
     from rich.table import Table
 
+    if report.layout != "musdb":
+        _print_speech_eval(report, quiet)
+        return
     metrics = ("SDR", "SIR", "ISR", "SAR", "uSDR")
     if not quiet:
         per_track = Table(title="per track (median over 1 s windows; uSDR over the track)", show_edge=False)
@@ -1140,6 +1206,35 @@ def _print_eval(report, json_out: bool, quiet: bool) -> None:
 
 def _fmt_db(v) -> str:
     return "-" if v is None or v != v else f"{v:.2f}"
+
+
+def _print_speech_eval(report, quiet: bool) -> None:
+    """Speech tables: PESQ wb/nb, (e)STOI, SI-SDR(i) per file, then the mean over files (the
+    speech papers' convention)."""
+    from rich.table import Table
+
+    def fmt(metric, v) -> str:
+        return "-" if v is None or v != v else (f"{v:.3f}" if "STOI" in metric else f"{v:.2f}")
+
+    metrics = report.metrics
+    if not quiet:
+        per_file = Table(title="per file" + (" (speakers matched by the best permutation)"
+                                             if report.layout == "librimix" else ""), show_edge=False)
+        for col in ("file", "stem", *metrics):
+            per_file.add_column(col, justify="left" if col in ("file", "stem") else "right")
+        for t in report.tracks:
+            for stem in report.stems:
+                per_file.add_row(t.track, stem, *(fmt(m, t.scores[stem].get(m)) for m in metrics))
+        out_console.print(per_file)
+    summary = Table(title=f"mean over {len(report.tracks)} files", show_edge=False)
+    for col in ("stem", *metrics):
+        summary.add_column(col, justify="left" if col == "stem" else "right")
+    for stem, row in report.aggregate["mean"].items():
+        if stem == "overall" and len(report.stems) == 1:
+            continue  # the mean over one stem is that stem's row
+        summary.add_row(stem, *(fmt(m, row.get(m)) for m in metrics))
+    out_console.print(summary)
+    out_console.print(f"results: {report.output_dir}")
 
 
 # --------------------------------------------------------------------------- unmix config

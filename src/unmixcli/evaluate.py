@@ -21,6 +21,26 @@ Files written to `output_dir`: `tracks/<track>.json` (per-window values, museval
 schema, plus per-track medians), `scores.csv` (one row per track and stem),
 `summary.json` and `summary.csv` (aggregates). A track whose JSON exists with the same
 settings is not evaluated again (and not separated again), so an interrupted run resumes.
+
+Speech folders are evaluated too; the layout is told from the folder (`detect_layout`):
+
+* VoiceBank-DEMAND: `<root>/clean/<file>.wav` and `<root>/noisy/<file>.wav` (same names; the
+  `clean_testset_wav` / `noisy_testset_wav` names of the published archive work too). The model
+  enhances `noisy/<file>.wav`; its `speech` stem is scored against `clean/<file>.wav`.
+* LibriMix: `<root>/mix_clean/` (or `mix_both/`, the noisy task, when there is no `mix_clean/`
+  or when asked for with `mixture="mix_both"`), `<root>/s1/`, `<root>/s2/` (`s3/` for Libri3Mix),
+  same file names. Stems `speaker1`, `speaker2`, ... Speech separation is permutation-invariant
+  (nothing tells a model which talker is "speaker 1"), so the estimates are matched to the
+  references by the permutation with the best mean SI-SDR, as utterance-level PIT scores them;
+  the permutation used is kept in each file's JSON.
+
+Speech scores, per file and stem (`SPEECH_METRICS`): PESQ wide band (P.862.2, at 16 kHz; NaN for
+data below 16 kHz, which has no wide band) and narrow band (P.862, at 8 kHz) from the `pesq`
+package, STOI and extended STOI from `pystoi`, SI-SDR and its improvement over the unprocessed
+input (`metrics.py`); all on mono (channels averaged). Aggregates: mean over files (the speech
+papers' convention) and median, with an "overall" row as for music. The same files are written
+(`tracks/<file>.json` without per-window values, `scores.csv`, `summary.json`, `summary.csv`),
+and the same resume applies.
 """
 
 from __future__ import annotations
@@ -53,7 +73,17 @@ TRACK_METRICS = METRICS + ("uSDR",)
 # Demucs' stem order first (what models produce), anything else alphabetically after.
 _STEM_ORDER = ("drums", "bass", "other", "vocals", ACCOMPANIMENT)
 _FORMAT_VERSION = 1
-_LAYOUT_HINT = "expected <root>/<track>/mixture.wav and one <stem>.wav per stem (or <root>/test/<track>/...)"
+_LAYOUT_HINT = ("expected <root>/<track>/mixture.wav and one <stem>.wav per stem (or <root>/test/<track>/...), "
+                "clean/ + noisy/ (VoiceBank-DEMAND), or mix_clean/ + s1/ + s2/ (LibriMix)")
+
+MUSDB, VOICEBANK, LIBRIMIX = "musdb", "voicebank", "librimix"
+LAYOUTS = (MUSDB, VOICEBANK, LIBRIMIX)
+SPEECH = "speech"
+SPEECH_METRICS = ("PESQ-wb", "PESQ-nb", "STOI", "eSTOI", "SI-SDR", "SI-SDRi")
+# (clean, noisy) folder names of VoiceBank-DEMAND: the plain ones, then the published archive's.
+_VOICEBANK_DIRS = (("clean", "noisy"), ("clean_testset_wav", "noisy_testset_wav"))
+_LIBRIMIX_MIXES = ("mix_clean", "mix_both")
+_SPEECH_SUFFIXES = (".wav", ".flac")
 
 
 @dataclass(frozen=True)
@@ -85,6 +115,10 @@ class EvalOptions:
             instead of rejecting a length mismatch.
         overwrite: evaluate again tracks already scored in the output folder.
         label: what produced the estimates (see `evaluate`).
+        layout: "musdb", "voicebank" or "librimix" (None: told from the folder by `evaluate`);
+            the two-stem minimum of BSS Eval applies unless the layout is a speech one.
+        mixture: LibriMix only, the mixture folder: "mix_clean" or "mix_both" (None: mix_clean
+            when present, else mix_both).
     """
 
     stems: Optional[Tuple[str, ...]] = None
@@ -95,11 +129,18 @@ class EvalOptions:
     fit_length: bool = False
     overwrite: bool = False
     label: Optional[str] = None
+    layout: Optional[str] = None
+    mixture: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise UsageError(f"unknown dataset layout {self.layout!r}", hint=f"use one of: {', '.join(LAYOUTS)}")
+        if self.mixture is not None and self.mixture not in _LIBRIMIX_MIXES:
+            raise UsageError(f"unknown LibriMix mixture folder {self.mixture!r}",
+                             hint=f"use one of: {', '.join(_LIBRIMIX_MIXES)}")
         if self.stems is not None:
             stems = order_stems(list(self.stems))
-            if len(stems) < 2:
+            if len(stems) < 2 and self.layout in (None, MUSDB):
                 raise UsageError(f"BSS Eval needs at least two stems, got {list(stems)}",
                                  hint="evaluate two or more stems")
             object.__setattr__(self, "stems", stems)
@@ -192,6 +233,8 @@ class EvaluationReport:
     aggregate: Dict[str, Dict[str, Dict[str, float]]]
     skipped: List[str]
     files: Dict[str, Path]
+    layout: str = MUSDB
+    metrics: Tuple[str, ...] = TRACK_METRICS
 
 
 def find_tracks(root: PathLike, subset: str = "test") -> Tuple[Path, List[EvalTrack]]:
@@ -333,17 +376,18 @@ def score_track(
     return TrackScores(name, stems, int(sample_rate), frames, scores, settings)
 
 
-def aggregate(tracks: Sequence[TrackScores], stems: Sequence[str]) -> Dict[str, Dict[str, Dict[str, float]]]:
+def aggregate(tracks: Sequence[TrackScores], stems: Sequence[str],
+              metrics: Sequence[str] = TRACK_METRICS) -> Dict[str, Dict[str, Dict[str, float]]]:
     """Median and mean over tracks of each stem's track scores, plus the "overall" mean over stems."""
     out: Dict[str, Dict[str, Dict[str, float]]] = {"median": {}, "mean": {}}
     for how, reduce in (("median", np.nanmedian), ("mean", np.nanmean)):
         for stem in stems:
             out[how][stem] = {}
-            for metric in TRACK_METRICS:
+            for metric in metrics:
                 values = np.array([t.scores[stem][metric] for t in tracks], dtype=np.float64)
                 out[how][stem][metric] = float(reduce(values)) if np.any(np.isfinite(values)) else math.nan
         out[how]["overall"] = {}
-        for metric in TRACK_METRICS:
+        for metric in metrics:
             per_stem = np.array([out[how][s][metric] for s in stems])
             out[how]["overall"][metric] = float(np.nanmean(per_stem)) if np.any(np.isfinite(per_stem)) else math.nan
     return out
@@ -364,8 +408,11 @@ def evaluate(
     overwrite: bool = False,
     label: Optional[str] = None,
     progress: Optional[ProgressFn] = None,
+    layout: Optional[str] = None,
+    mixture: Optional[str] = None,
 ) -> EvaluationReport:
-    """Evaluate every track of a MUSDB18(-HQ)-layout folder.
+    """Evaluate every track of a MUSDB18(-HQ)-layout folder, or every file of a speech folder
+    (VoiceBank-DEMAND or LibriMix layout, see the module docstring).
 
     Args:
         dataset: split folder (`.../test`) or the folder holding `<subset>/`.
@@ -384,6 +431,10 @@ def evaluate(
             in every file, and a stored track made under another label is evaluated again.
             Default: the estimates folder, or "separate_fn".
         progress: see `ProgressFn`.
+        layout: "musdb", "voicebank" or "librimix"; default: told from the folder (`detect_layout`).
+            For speech, `window` and `hop` do not apply, `stems` may be one, and the speaker
+            stems of LibriMix are matched to the references by the best permutation.
+        mixture: LibriMix's mixture folder, "mix_clean" or "mix_both" (default: mix_clean if present).
     Returns:
         `EvaluationReport`.
     Raises:
@@ -393,9 +444,14 @@ def evaluate(
     """
     if (estimates_dir is None) == (separate_fn is None):
         raise UsageError("give exactly one of estimates_dir and separate_fn")
+    if layout is None:
+        EvalOptions(subset=subset)  # the subset is checked before it names a folder
+        layout, _ = detect_layout(dataset, subset)
     opts = EvalOptions(stems=None if stems is None else tuple(stems), subset=subset,
                        track_names=None if track_names is None else tuple(track_names), window=window, hop=hop,
-                       fit_length=fit_length, overwrite=overwrite, label=label)
+                       fit_length=fit_length, overwrite=overwrite, label=label, layout=layout, mixture=mixture)
+    if layout != MUSDB:
+        return _evaluate_speech(dataset, output_dir, opts, estimates_dir, separate_fn, progress)
     stems, subset, track_names = opts.stems, opts.subset, opts.track_names
     window, hop = float(opts.window), float(opts.hop)
     split, tracks = find_tracks(dataset, subset)
@@ -474,6 +530,298 @@ def evaluate(
     return EvaluationReport(split, out, tuple(stems), results, agg, skipped, files)
 
 
+# --- speech folders: VoiceBank-DEMAND and LibriMix -----------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeechItem:
+    """One file of a speech folder: the model's input and the reference of each stem."""
+
+    name: str
+    mixture: Path
+    references: Dict[str, Path]
+
+
+@dataclass
+class SpeechScores(TrackScores):
+    """Scores of one speech file: `scores[stem][metric]` over `SPEECH_METRICS` (no windows).
+
+    `permutation[reference stem]` is the estimate stem scored against it (LibriMix: the best
+    permutation; VoiceBank: the identity).
+    """
+
+    permutation: Dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "format": _FORMAT_VERSION,
+            "track": self.track,
+            "sample_rate": self.sample_rate,
+            "settings": self.settings,
+            "permutation": dict(self.permutation),
+            "scores": {s: {m: _json_number(v) for m, v in self.scores[s].items()} for s in self.stems},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "SpeechScores":
+        scores = {s: {m: _from_json_number(v) for m, v in ms.items()} for s, ms in data["scores"].items()}
+        return cls(track=data["track"], stems=tuple(data["settings"]["stems"]), sample_rate=int(data["sample_rate"]),
+                   frames={}, scores=scores, settings=dict(data["settings"]),
+                   permutation=dict(data.get("permutation") or {}))
+
+
+def _voicebank_dirs(folder: Path) -> Optional[Tuple[Path, Path]]:
+    for clean, noisy in _VOICEBANK_DIRS:
+        if (folder / clean).is_dir() and (folder / noisy).is_dir():
+            return folder / clean, folder / noisy
+    return None
+
+
+def _speaker_dirs(folder: Path) -> List[Path]:
+    """`s1/`, `s2/`, ... in order, stopping at the first gap."""
+    dirs, i = [], 1
+    while (folder / f"s{i}").is_dir():
+        dirs.append(folder / f"s{i}")
+        i += 1
+    return dirs
+
+
+def _is_librimix(folder: Path) -> bool:
+    return len(_speaker_dirs(folder)) >= 2 and any((folder / m).is_dir() for m in _LIBRIMIX_MIXES)
+
+
+def detect_layout(root: PathLike, subset: str = "test") -> Tuple[str, Path]:
+    """The layout of a dataset folder and the folder holding its data: (`layout`, folder).
+
+    `root` or `root/<subset>` holding `clean/` + `noisy/` is VoiceBank-DEMAND, holding
+    `mix_clean/` (or `mix_both/`) + `s1/` + `s2/` is LibriMix; anything else is MUSDB18-HQ
+    (whose own checks then name what is missing).
+    """
+    root = Path(root)
+    for folder in (root / subset, root):
+        if not folder.is_dir():
+            continue
+        if _voicebank_dirs(folder) is not None:
+            return VOICEBANK, folder
+        if _is_librimix(folder):
+            return LIBRIMIX, folder
+    return MUSDB, root / subset if (root / subset).is_dir() else root
+
+
+def _speech_files(folder: Path) -> List[Path]:
+    try:
+        return sorted(p for p in folder.iterdir()
+                      if p.is_file() and p.suffix.lower() in _SPEECH_SUFFIXES and not p.name.startswith("."))
+    except OSError as exc:
+        raise EvaluationError(f"cannot list the folder ({exc.strerror or exc})", path=folder) from exc
+
+
+def find_speech_items(root: PathLike, subset: str = "test", layout: Optional[str] = None,
+                      mixture: Optional[str] = None) -> Tuple[Path, str, List[SpeechItem]]:
+    """The files of a VoiceBank-DEMAND or LibriMix folder: (data folder, layout, items by name).
+
+    Raises:
+        EvaluationError: not a speech folder, no input files, or an input without its reference.
+    """
+    found, folder = detect_layout(root, subset)
+    layout = layout or found
+    if layout == VOICEBANK:
+        dirs = _voicebank_dirs(folder)
+        if dirs is None:
+            raise EvaluationError("no clean/ and noisy/ folders", path=folder, hint=_LAYOUT_HINT)
+        clean, inputs = dirs
+        refs = {SPEECH: clean}
+    elif layout == LIBRIMIX:
+        if not _is_librimix(folder):
+            raise EvaluationError("no mix_clean/ (or mix_both/), s1/ and s2/ folders", path=folder, hint=_LAYOUT_HINT)
+        names = [mixture] if mixture else [m for m in _LIBRIMIX_MIXES if (folder / m).is_dir()][:1]
+        inputs = folder / names[0]
+        if not inputs.is_dir():
+            raise EvaluationError(f"no {names[0]}/ folder", path=inputs, hint=_LAYOUT_HINT)
+        refs = {f"speaker{i + 1}": d for i, d in enumerate(_speaker_dirs(folder))}
+    else:
+        raise EvaluationError("not a speech folder", path=folder, hint=_LAYOUT_HINT)
+    items = []
+    for path in _speech_files(inputs):
+        references = {stem: d / path.name for stem, d in refs.items()}
+        for ref in references.values():
+            if not ref.is_file():
+                raise EvaluationError(f"no reference for {inputs.name}/{path.name}", path=ref,
+                                      hint="every input file needs a file of the same name in each reference folder")
+        items.append(SpeechItem(path.stem, path, references))
+    if not items:
+        raise EvaluationError("no audio files found", path=inputs, hint=_LAYOUT_HINT)
+    return folder, layout, items
+
+
+def reference_stems(root: PathLike, subset: str = "test") -> Tuple[str, Tuple[str, ...]]:
+    """(layout, the reference stems of the first track or file): what a model must produce."""
+    layout, _ = detect_layout(root, subset)
+    if layout == MUSDB:
+        _, tracks = find_tracks(root, subset)
+        return layout, order_stems(list(tracks[0].stem_files()))
+    _, _, items = find_speech_items(root, subset, layout)
+    return layout, tuple(items[0].references)
+
+
+def _mono64(audio: np.ndarray) -> np.ndarray:
+    """[C, T] -> [1, T] float64: the speech metrics are defined on one channel."""
+    audio = np.asarray(audio, dtype=np.float64)
+    return audio.mean(axis=0, keepdims=True) if audio.shape[0] != 1 else audio
+
+
+def best_permutation(references: Mapping[str, np.ndarray], estimates: Mapping[str, np.ndarray]) -> Dict[str, str]:
+    """{reference stem: estimate stem} maximising the mean SI-SDR (utterance-level PIT).
+
+    Both are `{stem: [C, T]}` with the same number of stems; every permutation is tried
+    (S! of them: 2 for Libri2Mix, 6 for Libri3Mix).
+    """
+    import itertools
+
+    from .metrics import si_sdr
+
+    ref_names, est_names = list(references), list(estimates)
+    refs = np.stack([references[s] for s in ref_names])  # [S, C, T]
+    ests = np.stack([estimates[s] for s in est_names])
+    # pair[i, j]: SI-SDR of estimate j against reference i.
+    pair = si_sdr(refs[:, None], ests[None, :])  # [S, S]
+    best = max(itertools.permutations(range(len(est_names))),
+               key=lambda perm: sum(pair[i, j] for i, j in enumerate(perm)))
+    return {ref_names[i]: est_names[j] for i, j in enumerate(best)}
+
+
+def score_speech(name: str, references: Mapping[str, np.ndarray], estimates: Mapping[str, np.ndarray],
+                 mixture: np.ndarray, sample_rate: int, permute: bool = False) -> SpeechScores:
+    """Score one speech file: `SPEECH_METRICS` for each reference stem.
+
+    Args:
+        references, estimates: `{stem: [C, T]}`, mixed down to mono here.
+        mixture: `[C, T]`, the model's input (the baseline of SI-SDRi).
+        permute: match estimates to references by the best permutation (speaker separation);
+            else each stem is scored against its namesake.
+    """
+    from .metrics import pesq_score, si_sdr, si_sdr_improvement, stoi_score
+
+    refs = {s: _mono64(v) for s, v in references.items()}
+    ests = {s: _mono64(v) for s, v in estimates.items()}
+    mix = _mono64(mixture)
+    perm = best_permutation(refs, ests) if permute else {s: s for s in refs}
+    scores: Dict[str, Dict[str, float]] = {}
+    for stem, est_stem in perm.items():
+        ref, est = refs[stem], ests[est_stem]
+        scores[stem] = {
+            # Below 16 kHz there is no wide band to score (upsampling would only make it up).
+            "PESQ-wb": pesq_score(ref, est, sample_rate, "wb") if sample_rate >= 16000 else math.nan,
+            "PESQ-nb": pesq_score(ref, est, sample_rate, "nb"),
+            "STOI": stoi_score(ref, est, sample_rate),
+            "eSTOI": stoi_score(ref, est, sample_rate, extended=True),
+            "SI-SDR": float(si_sdr(ref[None], est[None])[0]),
+            "SI-SDRi": float(si_sdr_improvement(ref[None], est[None], mix)[0]),
+        }
+    stems = tuple(refs)
+    return SpeechScores(name, stems, int(sample_rate), {}, scores, {"stems": list(stems)}, permutation=perm)
+
+
+def _evaluate_speech(dataset: PathLike, output_dir: PathLike, opts: EvalOptions, estimates_dir: Optional[PathLike],
+                     separate_fn: Optional[SeparateFn], progress: Optional[ProgressFn]) -> EvaluationReport:
+    """`evaluate` for a VoiceBank-DEMAND or LibriMix folder (see the module docstring)."""
+    from .metrics import _import_speech_metric
+
+    # A missing optional package is said before anything is separated.
+    _import_speech_metric("pesq")
+    _import_speech_metric("pystoi")
+    folder, layout, items = find_speech_items(dataset, opts.subset, opts.layout, opts.mixture)
+    if opts.track_names is not None:
+        by_name = {t.name: t for t in items}
+        missing = [n for n in opts.track_names if n not in by_name]
+        if missing:
+            raise EvaluationError(f"no file named '{missing[0]}'", path=folder, hint=f"{len(items)} files are available")
+        items = [by_name[n] for n in opts.track_names]
+    ref_stems = tuple(items[0].references)
+    stems = opts.stems if opts.stems is not None else ref_stems
+    unknown = [s for s in stems if s not in ref_stems]
+    if unknown:
+        raise UsageError(f"no reference for stem '{unknown[0]}' in a {layout} folder",
+                         hint=f"its stems: {', '.join(ref_stems)}")
+    permute = layout == LIBRIMIX
+    if permute and set(stems) != set(ref_stems):
+        raise UsageError("speaker separation is scored over all speakers at once (best permutation)",
+                         hint=f"score {', '.join(ref_stems)} together, or drop --stems")
+    est_root = Path(estimates_dir) if estimates_dir is not None else None
+    if est_root is not None:
+        if not est_root.is_dir():
+            raise EvaluationError("estimates folder not found", path=est_root)
+        for item in items:
+            for stem in stems:
+                if not (est_root / item.name / f"{stem}.wav").is_file():
+                    raise EvaluationError(f"estimate of '{stem}' missing", path=est_root / item.name / f"{stem}.wav",
+                                          hint="estimates must be laid out as <estimates>/<file>/<stem>.wav")
+
+    out = Path(output_dir)
+    track_dir = out / "tracks"
+    try:
+        track_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EvaluationError(f"cannot create the output folder ({exc.strerror})", path=out) from exc
+    label = opts.label
+    if label is None:
+        label = str(est_root.resolve()) if est_root is not None else "separate_fn"
+    settings = {"layout": layout, "stems": list(stems), "metrics": list(SPEECH_METRICS), "label": label}
+    if layout == LIBRIMIX:
+        settings["mixture"] = items[0].mixture.parent.name
+    results: List[TrackScores] = []
+    skipped: List[str] = []
+    total = len(items)
+    for done, item in enumerate(items):
+        json_path = track_dir / f"{item.name}.json"
+        previous = None if opts.overwrite else _load_previous(json_path, settings, SpeechScores)
+        if previous is not None:
+            results.append(previous)
+            skipped.append(item.name)
+            if progress is not None:
+                progress(done + 1, total, item.name, "skipped")
+            continue
+        if progress is not None:
+            progress(done, total, item.name, "start")
+        mix, rate = read_wav(item.mixture)
+        refs = {}
+        for stem in stems:
+            audio, ref_rate = read_wav(item.references[stem])
+            if ref_rate != rate:
+                raise EvaluationError(f"sample rate {ref_rate} Hz differs from the input's {rate} Hz",
+                                      path=item.references[stem])
+            if audio.shape[1] != mix.shape[1]:
+                raise EvaluationError(f"{audio.shape[1]} samples, the input {mix.shape[1]}", path=item.references[stem],
+                                      hint="a reference must be as long as its input")
+            refs[stem] = _mono64(audio)
+        if est_root is not None:
+            estimates = {}
+            for stem in stems:
+                path = est_root / item.name / f"{stem}.wav"
+                audio, est_rate = read_wav(path)
+                if est_rate != rate:
+                    raise EvaluationError(f"sample rate {est_rate} Hz differs from the reference's {rate} Hz", path=path,
+                                          hint="estimates must be at the dataset's sample rate")
+                estimates[stem] = _fit(_mono64(audio), refs[stem], opts.fit_length, path, f"estimate of '{stem}'")
+        else:
+            produced = separate_fn(item.mixture)
+            missing = [s for s in stems if s not in produced]
+            if missing:
+                raise EvaluationError(f"the model does not produce {', '.join(missing)}", path=item.mixture,
+                                      hint=f"it produces: {', '.join(produced) or 'nothing'}")
+            estimates = {s: _fit(_mono64(produced[s]), refs[s], opts.fit_length, item.mixture, f"separated '{s}'")
+                         for s in stems}
+        scores = score_speech(item.name, refs, estimates, mix, rate, permute=permute)
+        scores.settings = dict(settings)
+        _write_json(json_path, scores.to_json())
+        results.append(scores)
+        if progress is not None:
+            progress(done + 1, total, item.name, "scored")
+    agg = aggregate(results, stems, SPEECH_METRICS)
+    files = _write_summaries(out, folder, stems, results, agg, settings, SPEECH_METRICS)
+    return EvaluationReport(folder, out, tuple(stems), results, agg, skipped, files, layout, SPEECH_METRICS)
+
+
 # --- helpers -------------------------------------------------------------------------------
 
 
@@ -531,7 +879,7 @@ def _run_separation(separate_fn: SeparateFn, track: EvalTrack, stems: Sequence[s
     }
 
 
-def _load_previous(path: Path, settings: Mapping[str, Any]) -> Optional[TrackScores]:
+def _load_previous(path: Path, settings: Mapping[str, Any], cls: type = TrackScores) -> Optional[TrackScores]:
     """A track's earlier result if its file exists, parses and was made with the same settings."""
     if not path.is_file():
         return None
@@ -540,7 +888,7 @@ def _load_previous(path: Path, settings: Mapping[str, Any]) -> Optional[TrackSco
             data = json.load(f)
         if data.get("format") != _FORMAT_VERSION or data.get("settings") != dict(settings):
             return None
-        return TrackScores.from_json(data)
+        return cls.from_json(data)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # unreadable or from another version: evaluate again
 
@@ -583,6 +931,7 @@ def _write_summaries(
     tracks: Sequence[TrackScores],
     agg: Mapping[str, Mapping[str, Mapping[str, float]]],
     settings: Mapping[str, Any],
+    metrics: Sequence[str] = TRACK_METRICS,
 ) -> Dict[str, Path]:
     files = {
         "summary_json": out / "summary.json",
@@ -605,17 +954,17 @@ def _write_summaries(
 
     def write_scores(f: Any) -> None:
         w = csv.writer(f)
-        w.writerow(["track", "stem", *TRACK_METRICS])
+        w.writerow(["track", "stem", *metrics])
         for t in tracks:
             for s in stems:
-                w.writerow([t.track, s, *(_csv_number(t.scores[s][m]) for m in TRACK_METRICS)])
+                w.writerow([t.track, s, *(_csv_number(t.scores[s][m]) for m in metrics)])
 
     def write_summary(f: Any) -> None:
         w = csv.writer(f)
-        w.writerow(["aggregate", "stem", *TRACK_METRICS])
+        w.writerow(["aggregate", "stem", *metrics])
         for how, table in agg.items():
             for row in (*stems, "overall"):
-                w.writerow([how, row, *(_csv_number(table[row][m]) for m in TRACK_METRICS)])
+                w.writerow([how, row, *(_csv_number(table[row][m]) for m in metrics)])
 
     _write_atomic(files["scores_csv"], write_scores, newline="")
     _write_atomic(files["summary_csv"], write_summary, newline="")
@@ -627,6 +976,15 @@ def _csv_number(value: float) -> str:
 
 
 __all__ = [
+    "LAYOUTS",
+    "SPEECH_METRICS",
+    "SpeechItem",
+    "SpeechScores",
+    "best_permutation",
+    "detect_layout",
+    "find_speech_items",
+    "reference_stems",
+    "score_speech",
     "EvalOptions",
     "EvalTrack",
     "EvaluationReport",

@@ -18,6 +18,7 @@ an event callback and raises `UnmixError`s.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import math
 import os
@@ -33,6 +34,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import audio, nistems
+from . import remux as remuxing
 from . import tags as tagging
 from .checks import is_whole
 from .errors import AudioDecodeError, AudioEncodeError, UnmixError, UsageError
@@ -67,6 +69,9 @@ class OutputOptions:
     for the lossy formats only. `fmt` "stems" (alias "stem.mp4") writes one NI Stems
     file per track (nistems.py): AAC at `bitrate`, or ALAC when `bit_depth` is given.
     `tags` copies the input's tags and cover art onto every stem (tags.py).
+    `remux` also writes, for each video input, a copy of the video with one stem in place of
+    its audio track (remux.py; which stem: `remux.remux_stem`), beside the stems as
+    `<track>.<the input's extension>` (with a custom --filename, the template with stem "remux").
     """
 
     out_dir: Path = Path("separated")
@@ -78,6 +83,7 @@ class OutputOptions:
     clip: str = "rescale"
     overwrite: bool = False
     tags: bool = True
+    remux: bool = False
 
     def __post_init__(self) -> None:
         # Accept str paths from API users; everything below relies on Path.
@@ -98,6 +104,9 @@ class OutputOptions:
         if self.clip not in CLIP_MODES:
             raise UsageError(f"unknown clip mode {self.clip!r}", hint=f"use one of: {', '.join(CLIP_MODES)}")
         check_template(self.template)
+        if self.remux and self.fmt == nistems.FORMAT:
+            raise UsageError("--remux cannot be combined with -f stems",
+                             hint="write the stems in another format (-f wav) to remux a video")
         depths = {"wav": (16, 24, 32), "flac": (16, 24), nistems.FORMAT: (16, 24)}.get(self.fmt, ())
         if self.bit_depth is not None and (not is_whole(self.bit_depth) or self.bit_depth not in depths):
             raise UsageError(
@@ -374,6 +383,13 @@ def plan(
     jobs: List[Job] = []
     missing: List[str] = []
     expanded = expand_inputs(inputs, missing, exclude=Path(output.out_dir))
+    if output.remux:
+        # Said before any work: remuxing an audio file has no meaning, in a batch as alone.
+        for path, _ in expanded:
+            if not remuxing.can_remux(path):
+                raise UsageError(f"--remux needs a video input: {path} has no video stream, or is not one of "
+                                 f"{', '.join(sorted(remuxing.VIDEO_SUFFIXES))}",
+                                 hint="drop --remux for audio files, or give only video files")
     # Paths that do not exist fail on their own, first (a typo is reported at once), and the batch goes on.
     for item in missing:
         error = AudioDecodeError("no such file or folder", path=item, hint="check the path")
@@ -407,13 +423,14 @@ def _assign_outputs(
     assigned = []
     for path, rel in expanded:
         track = path.stem if path.suffix else path.name
-        outputs = _outputs_for(output, model_name, output_stems, track, rel)
+        suffix = path.suffix.lower()
+        outputs = _outputs_for(output, model_name, output_stems, track, rel, suffix)
         if any(p in taken for p in outputs.values()):
             track = f"{track}_{path.suffix.lstrip('.') or 'file'}"
-            outputs = _outputs_for(output, model_name, output_stems, track, rel)
+            outputs = _outputs_for(output, model_name, output_stems, track, rel, suffix)
             n = 2
             while any(p in taken for p in outputs.values()):
-                outputs = _outputs_for(output, model_name, output_stems, f"{track}_{n}", rel)
+                outputs = _outputs_for(output, model_name, output_stems, f"{track}_{n}", rel, suffix)
                 n += 1
         for p in outputs.values():
             taken[p] = path
@@ -423,7 +440,15 @@ def _assign_outputs(
     return assigned
 
 
-def _outputs_for(output: OutputOptions, model: str, stems: Sequence[str], track: str, rel: str) -> Dict[str, Path]:
+def _outputs_for(output: OutputOptions, model: str, stems: Sequence[str], track: str, rel: str,
+                 suffix: str = "") -> Dict[str, Path]:
+    if output.remux and suffix in remuxing.VIDEO_SUFFIXES:
+        outputs = _outputs_for(dataclasses.replace(output, remux=False), model, stems, track, rel)
+        # Beside the stems: `<track>/<track>.mp4` by default.
+        template = "{model}/{dir}/{track}/{track}.{ext}" if output.template == DEFAULT_TEMPLATE else output.template
+        outputs[remuxing.REMUX_KEY] = render_output(template, output.out_dir, track=track, stem=remuxing.REMUX_KEY,
+                                                    model=model, ext=suffix.lstrip("."), rel_dir=rel)
+        return outputs
     if output.fmt == nistems.FORMAT:
         # One file holds every stem: by default `<track>.stem.mp4` where the track's folder would be.
         template = "{model}/{dir}/{track}.{ext}" if output.template == DEFAULT_TEMPLATE else output.template
@@ -655,6 +680,13 @@ def separate_track(
                     writer.write(block)
             written_now.append(path)
             report("write", (i + 1) * duration, total_write)
+        if remuxing.REMUX_KEY in job.outputs:
+            # The video with the chosen stem as its audio, at the stems' gain (atomic, like them).
+            stem = remuxing.remux_stem(written, request.stems, request.karaoke)
+            remux_path = job.outputs[remuxing.REMUX_KEY]
+            remuxing.remux(job.input, remux_path, _finalise_blocks(stem_files[stem].blocks(), gain, output.clip),
+                           model_sr, frames=mix.frames, bitrate=output.bitrate)
+            written_now.append(remux_path)
         # "done" promises every stem is on disk: the output folder may have been moved or deleted meanwhile.
         gone = [p for p in job.outputs.values() if not p.is_file()]
         if gone:

@@ -131,10 +131,28 @@ def _bandit_v2() -> ModuleType:
     return bandit_v2
 
 
+def _vr() -> ModuleType:
+    from . import vr
+
+    return vr
+
+
 def _deepfilternet() -> ModuleType:
     from . import deepfilternet
 
     return deepfilternet
+
+
+def _asteroid() -> ModuleType:
+    from . import asteroid
+
+    return asteroid
+
+
+def _sepformer() -> ModuleType:
+    from . import sepformer
+
+    return sepformer
 
 
 _BUILTIN = (
@@ -159,12 +177,24 @@ _BUILTIN = (
            hint="a BandIt v2 .ckpt/.pth with its MSST YAML config (a kwargs: section)", takes_config=True),
     Family("mdxnet", _mdxnet, suffixes=(".onnx",),
            entry=EntryRule(config="mapping", checkpoint=True, weight_suffixes=(".onnx",)),
-           hint="a UVR MDX-Net .onnx file (its parameters from UVR's table, or a <name>.json beside it)"),
+           hint="a UVR MDX-Net .onnx file (its parameters from UVR's table, --model-params JSON, or a <name>.json beside it)",
+           takes_config=True),
     Family("openunmix", _openunmix, folder_suffixes=(".json", ".pth"), entry=EntryRule(config="mapping", weight_suffixes=(".pth",)),
            hint="Open-Unmix's <target>.json files with their <target>*.pth weights"),
+    # After the MSST rows, which share `.pth`: its `accepts` knows a VR state dict by its keys.
+    Family("vr", _vr, suffixes=(".pth",),
+           entry=EntryRule(config="mapping", checkpoint=True, weight_suffixes=(".pth",)),
+           hint="a UVR VR-architecture .pth file (its parameters from UVR's table, --model-params JSON, or a <name>.json beside it)",
+           takes_config=True),
     Family("deepfilternet", _deepfilternet, suffixes=(".tar.gz",), folder_suffixes=(".onnx", ".ini"),
            entry=EntryRule(config="mapping", checkpoint=True, weight_suffixes=(".tar.gz",)),
            hint="DeepFilterNet3_onnx.tar.gz, or a folder with its enc.onnx, erb_dec.onnx, df_dec.onnx, config.ini"),
+    Family("asteroid", _asteroid, suffixes=(".bin",),
+           entry=EntryRule(checkpoint=True, weight_suffixes=(".bin",)),
+           hint="asteroid's pytorch_model.bin (ConvTasNet, DPRNNTasNet, DCCRNet)"),
+    Family("sepformer", _sepformer, folder_suffixes=(".yaml", ".ckpt"),
+           entry=EntryRule(config="required", weight_suffixes=(".ckpt",)),
+           hint="SpeechBrain SepFormer's hyperparams.yaml with encoder.ckpt, masknet.ckpt, decoder.ckpt"),
 )
 
 #: family name -> row. `register` adds one (a plug-in, or a test's toy family).
@@ -315,7 +345,7 @@ def load_local(path: Union[str, os.PathLike], *, stems: Stems = None, **family_o
         raise UsageError("no such config file", path=config, hint="--config names the checkpoint's YAML config")
     family = _family_for_file(target, config)
     if config is not None and not family.takes_config:
-        raise UsageError(f"--config applies to MSST checkpoints; {target.name} is a {family.name} model",
+        raise UsageError(f"--config/--model-params applies to MSST and UVR checkpoints; {target.name} is a {family.name} model",
                          path=target, hint="leave --config out")
     return family.module().load_local(target, stems, **family_options)
 

@@ -28,8 +28,8 @@ Registry entries: `checkpoint` is the .onnx file; an inline `config` mapping
 states the row (keys it leaves out come from UVR's table by the file's hash) with the table's own keys
 (compensate, mdx_dim_f_set, mdx_dim_t_set (log2), mdx_n_fft_scale_set,
 primary_stem) and may set `overlap` (inside demix) and `denoise` (bool).
-Local files: the table's row for the file's hash, or a `<file stem>.json`
-beside it holding a row with the same keys.
+Local files: a JSON file given with `--model-params`, else a `<file stem>.json` beside it,
+else the table's row for the file's hash (each row with the same keys).
 """
 
 from __future__ import annotations
@@ -360,30 +360,38 @@ def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def data_for(path: Path) -> ModelData:
-    """The model data of a local file: a `<stem>.json` beside it, else UVR's table by hash."""
+def _read_row(side: Path) -> ModelData:
+    try:
+        row = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"unreadable model data ({type(exc).__name__})", path=side) from exc
+    return _row(row, "the model data", side)
+
+
+def data_for(path: Path, params: Optional[Path] = None) -> ModelData:
+    """The model data of a local file: `params` (a JSON row, `--model-params`), else a
+    `<stem>.json` beside it, else UVR's table by hash."""
     path = Path(path)
+    if params is not None:
+        return _read_row(Path(params))
     side = _sidecar(path)
     if side.is_file():
-        try:
-            row = json.loads(side.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"unreadable model data ({type(exc).__name__})", path=side) from exc
-        return _row(row, "the model data", side)
+        return _read_row(side)
     if not path.is_file():
         raise CheckpointError("no such file", path=path)
     digest = uvr_hash(path)
     data = model_data(digest)
     if data is None:
         raise CheckpointError(f"UVR's model table has no MDX-Net model with hash {digest}", path=path,
-                              hint=f"write its row ({', '.join(ROW_KEYS)}) into {side.name} beside it")
+                              hint=f"give its parameters ({', '.join(ROW_KEYS)}) as JSON with "
+                                   f"--model-params FILE, or in {side.name} beside it")
     return data
 
 
-def accepts(path: Path) -> bool:
-    """An .onnx file with model data (beside it, or in UVR's table)."""
+def accepts(path: Path, config: Any = None) -> bool:
+    """An .onnx file with model data (given, beside it, or in UVR's table)."""
     path = Path(path)
-    if _sidecar(path).is_file():
+    if config is not None or _sidecar(path).is_file():
         return True
     try:
         return model_data(uvr_hash(path)) is not None
@@ -391,10 +399,11 @@ def accepts(path: Path) -> bool:
         return False
 
 
-def load_local(path: Path, stems=None) -> ModelBag:
-    """An MDX-Net .onnx file; one network computes both stems."""
+def load_local(path: Path, stems=None, config: Any = None) -> ModelBag:
+    """An MDX-Net .onnx file; one network computes both stems. `config`: a JSON file holding
+    the model data (`--model-params`), for a file UVR's table does not know."""
     del stems
-    return load_mdxnet(Path(path), data_for(Path(path)))
+    return load_mdxnet(Path(path), data_for(Path(path), None if config is None else Path(config)))
 
 
 def load_spec(spec: Any, folder: Path, stems=None) -> ModelBag:

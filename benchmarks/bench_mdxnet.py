@@ -1,0 +1,122 @@
+"""UVR MDX-Net: our ConvTDFNet in torch against onnxruntime running the same .onnx file, on the CPU.
+
+A released-size network (UVR's Kim_Vocal_2 / Inst_HQ shape: dim_f 3072, n_fft 7680, dim_t 256,
+num_blocks 11, l 3, g 48, bn 8; random weights) is built with audio-separator's ConvTDFNet and
+exported to ONNX the way UVR's files were (`torch.onnx.export`, opset 13). Both sides then run
+the same spectrogram segments [1, 4, dim_f, dim_t] with the same number of threads:
+
+  onnxruntime   InferenceSession(CPUExecutionProvider, intra_op_num_threads=N)
+  ours          unmixcli.families.mdxnet.load_network(file) under torch.inference_mode, N threads
+
+Printed per thread count: seconds per segment (median of --repeat runs after one warm-up), the
+ratio ours / onnxruntime (goal <= 1), the largest difference relative to onnxruntime's peak, and
+the peak RSS growth of each side over its runs (flat: no growth per segment).
+
+    python benchmarks/bench_mdxnet.py                   # released size, 1 and 2 threads
+    python benchmarks/bench_mdxnet.py --dim-f 2048 --n-fft 6144 --threads 1
+
+Needs the test oracles (audio-separator 0.47.1 with --no-deps, onnxruntime) and the uvr extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import statistics
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def reference_convtdfnet():
+    """audio-separator's uvr_lib_v5.mdxnet module, loaded without its package __init__ (which
+    imports the whole separator), as tests/test_mdxnet.py does."""
+    import torch
+
+    spec = importlib.util.find_spec("audio_separator")
+    root = Path(spec.origin).parent
+    for name, folder in (("audio_separator", root), ("audio_separator.separator", root / "separator"),
+                         ("audio_separator.separator.uvr_lib_v5", root / "separator" / "uvr_lib_v5")):
+        mod = types.ModuleType(name)
+        mod.__path__ = [str(folder)]
+        sys.modules[name] = mod
+    if importlib.util.find_spec("pytorch_lightning") is None:
+        stub = types.ModuleType("pytorch_lightning")
+        stub.LightningModule = torch.nn.Module  # training hooks only
+        sys.modules["pytorch_lightning"] = stub
+    return importlib.import_module("audio_separator.separator.uvr_lib_v5.mdxnet")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dim-f", type=int, default=3072)
+    parser.add_argument("--n-fft", type=int, default=7680)
+    parser.add_argument("--dim-t", type=int, default=256)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from procmem import reset_peak, rss_kib
+    from unmixcli.families import mdxnet
+
+    mdx = reference_convtdfnet()
+    torch.manual_seed(0)
+    net = mdx.ConvTDFNet(target_name="vocals", lr=1e-4, optimizer="rmsprop", dim_c=4, dim_f=args.dim_f,
+                         dim_t=args.dim_t, n_fft=args.n_fft, hop_length=1024, num_blocks=11, l=3, g=48, k=3,
+                         bn=8, bias=False, overlap=0).eval()
+    x = torch.randn(1, 4, args.dim_f, args.dim_t)
+    with tempfile.TemporaryDirectory(prefix="bench-mdxnet-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        torch.onnx.export(net, x, str(path), input_names=["input"], output_names=["output"], opset_version=13,
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+        ours, _ = mdxnet.load_network(path)
+        ours.eval()
+        size_mb = path.stat().st_size / 1e6
+        print(f"network: dim_f {args.dim_f}, n_fft {args.n_fft}, dim_t {args.dim_t}, {size_mb:.0f} MB .onnx; "
+              f"torch {torch.__version__}, onnxruntime {ort.__version__}")
+        print(f"{'threads':>7} {'ours s':>8} {'ort s':>8} {'ours/ort':>9} {'max diff':>9} {'ours +MiB':>10} {'ort +MiB':>9}")
+        spec = x.numpy()
+        for n in args.threads:
+            torch.set_num_threads(n)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = n
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+            def run_ort():
+                return session.run(None, {"input": spec})[0]
+
+            def run_ours():
+                with torch.inference_mode():
+                    return ours(x).numpy()
+
+            results = {}
+            for label, fn in (("ort", run_ort), ("ours", run_ours)):
+                out = fn()  # warm-up (allocations, kernels)
+                reset_peak()
+                before = rss_kib("VmRSS") or 0
+                times = []
+                for _ in range(args.repeat):
+                    t0 = time.perf_counter()
+                    out = fn()
+                    times.append(time.perf_counter() - t0)
+                grown = ((rss_kib("VmHWM") or 0) - before) / 1024
+                results[label] = (statistics.median(times), grown, out)
+            diff = float(np.abs(results["ours"][2] - results["ort"][2]).max() / np.abs(results["ort"][2]).max())
+            print(f"{n:7d} {results['ours'][0]:8.3f} {results['ort'][0]:8.3f} "
+                  f"{results['ours'][0] / results['ort'][0]:9.2f} {diff:9.1e} {results['ours'][1]:10.0f} "
+                  f"{results['ort'][1]:9.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -132,10 +132,13 @@ def test_network_matches_onnxruntime(ref, tmp_path, bn, bias, folding):
     spec = torch.randn(2, 4, SMALL["dim_f"], SMALL["dim_t"], generator=torch.Generator().manual_seed(1))
     theirs = run_onnx(path, spec.numpy())
     with torch.no_grad():
-        mine = ours(spec).numpy()
         torch_ref = net(spec).numpy()
-    assert rel_err(mine, theirs) < TOL
-    assert rel_err(mine, torch_ref) < TOL
+        # Both layouts: channels-last (the CPU's) and the plain one (CUDA's, MPS's).
+        for channels_last in (True, False):
+            ours.channels_last = channels_last
+            mine = ours(spec).numpy()
+            assert rel_err(mine, theirs) < TOL, channels_last
+            assert rel_err(mine, torch_ref) < TOL, channels_last
 
 
 def test_folded_and_unfolded_norms_are_read(ref, tmp_path):

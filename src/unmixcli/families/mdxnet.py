@@ -51,8 +51,7 @@ from torch import nn
 
 from ..errors import CheckpointError, UsageError
 from ..models.bag import Contract, ModelBag
-from ..models.mdxnet import (ConvNormReLU, ConvTDFConfig, ConvTDFNet, LinearNormReLU, MDXNet, MDXNetSeparator,
-                             set_identity)
+from ..models.mdxnet import ConvReLU, ConvTDFConfig, ConvTDFNet, LinearNormReLU, MDXNet, MDXNetSeparator
 
 #: UVR hashes the last this many bytes of a model file (the whole file when it is smaller).
 HASH_BYTES = 10000 * 1024
@@ -263,18 +262,21 @@ def _put(param: torch.Tensor, value: np.ndarray, where: str, path: Path) -> None
         param.copy_(torch.from_numpy(np.array(value, dtype=np.float32)))  # a copy: onnx arrays are read-only
 
 
-def _load_norm(norm: nn.BatchNorm2d, layer: _Layer, path: Path) -> None:
+def _affine(layer: _Layer, channels: int, where: str, path: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """The layer's BatchNorm as a per-channel scale and shift [channels] (1 and 0 without one)."""
     if layer.norm is None:
-        set_identity(norm)  # folded into the conv by the exporter
-        return
-    scale, shift, mean, var, eps = layer.norm
-    for param, value in zip((norm.weight, norm.bias, norm.running_mean, norm.running_var), (scale, shift, mean, var)):
-        _put(param, value, f"node {layer.node}'s norm", path)
-    norm.eps = eps
+        return np.ones(channels, np.float64), np.zeros(channels, np.float64)
+    scale, shift, mean, var, eps = (np.asarray(v, np.float64).reshape(-1) for v in layer.norm)
+    if not scale.shape == shift.shape == mean.shape == var.shape == (channels,):
+        raise CheckpointError(f"{where}: a norm of {scale.size} channels where the network has {channels}",
+                              path=path, hint="not an MDX-Net (ConvTDFNet) export")
+    s = scale / np.sqrt(var + eps)
+    return s, shift - mean * s
 
 
 def load_network(path: Path) -> Tuple[ConvTDFNet, Tuple[Optional[int], ...]]:
-    """The ConvTDFNet of an ONNX file (eval mode), and the file's input shape."""
+    """The ConvTDFNet of an ONNX file (eval mode), and the file's input shape. Each BatchNorm
+    the exporter left after a conv is folded into it here (see models/mdxnet.py)."""
     layers, dims = read_graph_layers(path)
     net = ConvTDFNet(infer_config(layers, path)).eval()
     slots = net.layers()
@@ -284,34 +286,38 @@ def load_network(path: Path) -> Tuple[ConvTDFNet, Tuple[Optional[int], ...]]:
     for i, (slot, layer) in enumerate(zip(slots, layers)):
         where = f"layer {i} (node {layer.node})"
         if isinstance(slot, LinearNormReLU):
-            expected, module = "linear", slot.linear
-        elif isinstance(slot, ConvNormReLU):
-            expected = "convT" if isinstance(slot.conv, nn.ConvTranspose2d) else "conv"
-            module = slot.conv
+            expected, module = "linear", slot
         else:
-            expected, module = "conv", slot
+            module = slot.conv if isinstance(slot, ConvReLU) else slot
+            expected = "convT" if isinstance(module, nn.ConvTranspose2d) else "conv"
         if layer.kind != expected:
             raise CheckpointError(f"{where} is a {layer.kind} where a ConvTDFNet has a {expected}", path=path,
                                   hint="not an MDX-Net (ConvTDFNet) export")
-        if expected != "linear":
-            want_pads = (module.padding[0], module.padding[1]) * 2
-            if tuple(layer.strides) != tuple(module.stride) or tuple(layer.pads) != want_pads:
-                raise CheckpointError(f"{where}: strides {layer.strides} / pads {layer.pads} differ from a "
-                                      "ConvTDFNet's", path=path, hint="not an MDX-Net (ConvTDFNet) export")
-        _put(module.weight, layer.weight, where, path)
-        if (module.bias is None) != (layer.bias is None):
-            # A conv exported without its bias has a zero one.
-            if module.bias is None:
-                raise CheckpointError(f"{where}: a bias where the network has none", path=path)
-            with torch.no_grad():
-                module.bias.zero_()
-        elif module.bias is not None:
-            _put(module.bias, layer.bias.reshape(-1), where, path)
-        if isinstance(slot, (ConvNormReLU, LinearNormReLU)):
-            _load_norm(slot.norm, layer, path)
-        elif layer.norm is not None:
+        if layer.norm is not None and slot is net.final:
             raise CheckpointError(f"{where}: a norm after the final conv", path=path,
                                   hint="not an MDX-Net (ConvTDFNet) export")
+        if layer.bias is not None and expected == "linear" and not slot.has_bias:
+            raise CheckpointError(f"{where}: a bias where the network has none", path=path)
+        _put(module.weight, layer.weight, where, path)  # checks the shape before folding
+        out = module.weight.shape[1 if expected == "convT" else 0]
+        bias = np.zeros(out) if layer.bias is None else np.asarray(layer.bias, np.float64).reshape(-1)
+        if bias.shape != (out,):
+            raise CheckpointError(f"{where}: a bias of {bias.size} values for {out} outputs", path=path,
+                                  hint="not an MDX-Net (ConvTDFNet) export")
+        if expected == "linear":
+            scale, shift = _affine(layer, slot.scale.shape[0], where, path)
+            _put(slot.scale, scale, f"{where}'s norm", path)
+            _put(slot.shift_t, shift[None, :] + bias[:, None] * scale[None, :], f"{where}'s norm", path)
+            continue
+        want_pads = (module.padding[0], module.padding[1]) * 2
+        if tuple(layer.strides) != tuple(module.stride) or tuple(layer.pads) != want_pads:
+            raise CheckpointError(f"{where}: strides {layer.strides} / pads {layer.pads} differ from a "
+                                  "ConvTDFNet's", path=path, hint="not an MDX-Net (ConvTDFNet) export")
+        scale, shift = _affine(layer, out, where, path)
+        # W s per output channel: dim 0 of a conv's [O, I, kh, kw], dim 1 of a transposed conv's [I, O, kh, kw].
+        view = (1, -1, 1, 1) if expected == "convT" else (-1, 1, 1, 1)
+        _put(module.weight, np.asarray(layer.weight, np.float64) * scale.reshape(view), where, path)
+        _put(module.bias, bias * scale + shift, where, path)
     return net, dims
 
 

@@ -29,36 +29,22 @@ Needs the test oracles (audio-separator 0.47.1 with --no-deps, onnxruntime) and 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import statistics
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))  # the oracle loader (uvr_oracle)
 
 
 def reference_convtdfnet():
-    """audio-separator's uvr_lib_v5.mdxnet module, loaded without its package __init__ (which
-    imports the whole separator), as tests/test_mdxnet.py does."""
-    import torch
+    """audio-separator's uvr_lib_v5.mdxnet module, loaded as the tests load it (tests/uvr_oracle.py)."""
+    import uvr_oracle
 
-    spec = importlib.util.find_spec("audio_separator")
-    root = Path(spec.origin).parent
-    for name, folder in (("audio_separator", root), ("audio_separator.separator", root / "separator"),
-                         ("audio_separator.separator.uvr_lib_v5", root / "separator" / "uvr_lib_v5")):
-        mod = types.ModuleType(name)
-        mod.__path__ = [str(folder)]
-        sys.modules[name] = mod
-    if importlib.util.find_spec("pytorch_lightning") is None:
-        stub = types.ModuleType("pytorch_lightning")
-        stub.LightningModule = torch.nn.Module  # training hooks only
-        sys.modules["pytorch_lightning"] = stub
-    return importlib.import_module("audio_separator.separator.uvr_lib_v5.mdxnet")
+    return uvr_oracle.load({"mdxnet": uvr_oracle.MDX_MODULES["mdxnet"]})[0].mdxnet
 
 
 def main() -> None:

@@ -17,10 +17,7 @@ base class, pydub, onnx2torch, six) where they are not installed.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
-import sys
 import types
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from unmixcli.families import mdxnet as family
 from unmixcli.models.mdxnet import MDXNet
 
 import onnxruntime as ort  # a hard import: the oracles must not be skipped
+import uvr_oracle
 
 TOL = 1e-5  # of the reference's peak
 SMALL = dict(dim_c=4, dim_f=64, dim_t=16, n_fft=128, hop_length=32, num_blocks=5, l=2, g=8, k=3)
@@ -41,46 +39,9 @@ SMALL = dict(dim_c=4, dim_f=64, dim_t=16, n_fft=128, hop_length=32, num_blocks=5
 @pytest.fixture(scope="module")
 def ref():
     """audio-separator's uvr_lib_v5 modules (mdxnet, stft) and its MDXSeparator class."""
-    spec = importlib.util.find_spec("audio_separator")
-    assert spec is not None and spec.origin is not None, \
-        "the oracle is missing: pip install --no-deps audio-separator==0.47.1"
-    root = Path(spec.origin).parent
-    saved = dict(sys.modules)
-
-    def package(name: str, folder: Path) -> None:
-        mod = types.ModuleType(name)
-        mod.__path__ = [str(folder)]
-        sys.modules[name] = mod
-
-    def stub(name: str, **attrs) -> None:
-        if importlib.util.find_spec(name) is None:
-            mod = types.ModuleType(name)
-            mod.__dict__.update(attrs)
-            sys.modules[name] = mod
-
-    package("audio_separator", root)
-    package("audio_separator.separator", root / "separator")
-    package("audio_separator.separator.uvr_lib_v5", root / "separator" / "uvr_lib_v5")
-    package("audio_separator.separator.architectures", root / "separator" / "architectures")
-    # The Lightning base class only adds training hooks; the network is a plain nn.Module.
-    stub("pytorch_lightning", LightningModule=torch.nn.Module)
-    stub("pydub", AudioSegment=object)  # audio export, unused by demix
-    stub("onnx2torch", convert=None)  # only for segment sizes other than dim_t
-    stub("six")
-
-    mods = types.SimpleNamespace(
-        mdxnet=importlib.import_module("audio_separator.separator.uvr_lib_v5.mdxnet"),
-        stft=importlib.import_module("audio_separator.separator.uvr_lib_v5.stft"),
-        separator=importlib.import_module("audio_separator.separator.architectures.mdx_separator"),
-    )
+    mods, saved = uvr_oracle.load(uvr_oracle.MDX_MODULES)
     yield mods
-    # Drop only the oracle's own modules and the stand-ins: libraries it imported for the first
-    # time (numpy.fft, scipy, librosa) stay, since C extensions cannot be loaded twice.
-    stand_ins = {"pytorch_lightning", "pydub", "onnx2torch", "six"}
-    for name in set(sys.modules) - set(saved):
-        if name.split(".")[0] == "audio_separator" or name in stand_ins:
-            del sys.modules[name]
-    sys.modules.update(saved)
+    uvr_oracle.unload(saved)
 
 
 def reference_net(ref, seed: int, *, bn: int = 4, bias: bool = False):

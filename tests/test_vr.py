@@ -21,12 +21,7 @@ files under namespace stand-ins for its packages (pydub, six: stand-ins when not
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import logging
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +33,9 @@ from typer.testing import CliRunner
 from unmixcli import cli
 from unmixcli.errors import CheckpointError
 from unmixcli.families import vr as family
-from unmixcli.models.vr import VROptions, merge_artifacts
+from unmixcli.models.vr import merge_artifacts
+
+import uvr_oracle
 
 TOL_NET = 1e-5  # of the reference's peak
 TOL_TRACK = 1e-4
@@ -50,44 +47,9 @@ NOUT, NOUT_LSTM = 16, 32  # v5.1 widths (published: 32/48/64, 128)
 @pytest.fixture(scope="module")
 def ref():
     """audio-separator's VR networks, spec_utils, model parameters and VRSeparator class."""
-    spec = importlib.util.find_spec("audio_separator")
-    assert spec is not None and spec.origin is not None, \
-        "the oracle is missing: pip install --no-deps audio-separator==0.47.1"
-    root = Path(spec.origin).parent
-    saved = dict(sys.modules)
-
-    def package(name: str, folder: Path) -> None:
-        mod = types.ModuleType(name)
-        mod.__path__ = [str(folder)]
-        sys.modules[name] = mod
-
-    def stub(name: str, **attrs) -> None:
-        if importlib.util.find_spec(name) is None:
-            mod = types.ModuleType(name)
-            mod.__dict__.update(attrs)
-            sys.modules[name] = mod
-
-    lib = root / "separator" / "uvr_lib_v5"
-    package("audio_separator", root)
-    package("audio_separator.separator", root / "separator")
-    package("audio_separator.separator.uvr_lib_v5", lib)
-    package("audio_separator.separator.uvr_lib_v5.vr_network", lib / "vr_network")
-    package("audio_separator.separator.architectures", root / "separator" / "architectures")
-    stub("pydub", AudioSegment=object)  # audio export, unused here
-    stub("six")
-    mods = types.SimpleNamespace(
-        nets=importlib.import_module("audio_separator.separator.uvr_lib_v5.vr_network.nets"),
-        nets_new=importlib.import_module("audio_separator.separator.uvr_lib_v5.vr_network.nets_new"),
-        params=importlib.import_module("audio_separator.separator.uvr_lib_v5.vr_network.model_param_init"),
-        spec_utils=importlib.import_module("audio_separator.separator.uvr_lib_v5.spec_utils"),
-        separator=importlib.import_module("audio_separator.separator.architectures.vr_separator"),
-        params_dir=lib / "vr_network" / "modelparams",
-    )
+    mods, saved = uvr_oracle.load(uvr_oracle.VR_MODULES)
     yield mods
-    for name in set(sys.modules) - set(saved):
-        if name.split(".")[0] == "audio_separator" or name in ("pydub", "six"):
-            del sys.modules[name]
-    sys.modules.update(saved)
+    uvr_oracle.unload(saved)
 
 
 def reference_net(ref, arch, bins: int, seed: int) -> torch.nn.Module:
@@ -158,32 +120,7 @@ def write_song(path: Path, seconds: float, seed: int = 0, rate: int = RATE) -> n
     return mix
 
 
-def run_reference(ref, net, param_name: str, song: Path, primary: str, v51: bool, **options):
-    """audio-separator's VRSeparator, set up as its __init__ would for these model data, with its
-    network already loaded (`_ensure_model_loaded` then keeps it: it would pick the v5 layout by
-    the file's size, which a shrunk file does not have). Returns (primary, secondary) [2, T]."""
-    sep = object.__new__(ref.separator.VRSeparator)
-    sep.logger = logging.getLogger("vr-reference")
-    sep.model_params = ref.params.ModelParameters(str(ref.params_dir / f"{param_name}.json"))
-    sep.is_vr_51_model = v51
-    sep.window_size = options.get("window_size", 512)
-    sep.batch_size = options.get("batch_size", 1)
-    sep.enable_tta = options.get("enable_tta", False)
-    sep.enable_post_process = options.get("enable_post_process", False)
-    sep.post_process_threshold = options.get("post_process_threshold", 0.2)
-    sep.high_end_process = options.get("high_end_process", False)
-    sep.input_high_end_h = sep.input_high_end = None
-    sep.aggression = float(int(options.get("aggression", 5)) / 100)
-    sep.aggressiveness = {"value": sep.aggression, "split_bin": sep.model_params.param["band"][1]["crop_stop"],
-                          "aggr_correction": sep.model_params.param.get("aggr_correction")}
-    sep.primary_stem_name = primary
-    sep.model_run = net
-    sep.torch_device, sep.torch_device_mps = torch.device("cpu"), None
-    sep.audio_file_path, sep.wav_subtype = str(song), "FLOAT"
-    y_spec, v_spec = sep.inference_vr(sep.loading_mix(), sep.torch_device, sep.aggressiveness)
-    y_spec = np.nan_to_num(y_spec, nan=0.0, posinf=0.0, neginf=0.0)
-    v_spec = np.nan_to_num(v_spec, nan=0.0, posinf=0.0, neginf=0.0)
-    return sep.spec_to_wav(y_spec), sep.spec_to_wav(v_spec)
+run_reference = uvr_oracle.run_vr_reference
 
 
 # --------------------------------------------------------------------------- the networks

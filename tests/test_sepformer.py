@@ -205,6 +205,17 @@ def test_a_batch_equals_one_by_one(tmp_path):
     torch.testing.assert_close(both, one, atol=1e-5, rtol=1e-4)
 
 
+
+def test_the_hyperparams_file_loads_its_folder(tmp_path):
+    """-m folder/hyperparams.yaml: the .yaml suffix alone would send it to Demucs' bag loader."""
+    write_model(tmp_path / "m", **WSJ)
+    by_file = families.load_local(tmp_path / "m" / "hyperparams.yaml")
+    by_folder = families.load_local(tmp_path / "m")
+    assert by_file.sources == by_folder.sources == ["speaker1", "speaker2"]
+    x = torch.randn(1, 1, 2400, generator=torch.Generator().manual_seed(4)) * 0.3
+    with torch.no_grad():
+        torch.testing.assert_close(by_file.models[0](x), by_folder.models[0](x))
+
 # --------------------------------------------------------------------------- hyperparams.yaml as data
 
 

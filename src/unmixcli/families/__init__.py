@@ -333,13 +333,16 @@ def load_local(path: Union[str, os.PathLike], *, stems: Stems = None, **family_o
     if not target.exists():
         raise ModelNotFoundError("no such file or folder", path=target, hint="check the model path")
     if target.is_dir():
-        present = {p.suffix.lower() for p in target.iterdir() if p.is_file()}
-        for family in FAMILIES.values():
-            if family.folder_suffixes and present.issuperset(family.folder_suffixes):
-                module = family.module()
-                if module.claims(target):
-                    return module.load_local(target, stems, **family_options)
+        owner = _folder_family(target)
+        if owner is not None:
+            return owner.module().load_local(target, stems, **family_options)
         target = _pick_in_folder(target)
+    elif family_options.get("config") is None and not _is_descriptor(target) and not _accepted_by_suffix(target):
+        # One file of a folder layout (SpeechBrain's hyperparams.yaml, an Open-Unmix target's
+        # .json): its suffix would route it to another family, so load the folder it is part of.
+        owner = _folder_family(target.parent)
+        if owner is not None and _suffix(target) in owner.folder_suffixes:
+            return owner.module().load_local(target.parent, stems, **family_options)
     config = family_options.get("config")
     if config is not None and not Path(config).is_file():
         raise UsageError("no such config file", path=config, hint="--config names the checkpoint's YAML config")
@@ -348,6 +351,26 @@ def load_local(path: Union[str, os.PathLike], *, stems: Stems = None, **family_o
         raise UsageError(f"--config/--model-params applies to MSST and UVR checkpoints; {target.name} is a {family.name} model",
                          path=target, hint="leave --config out")
     return family.module().load_local(target, stems, **family_options)
+
+
+def _folder_family(folder: Path) -> Optional[Family]:
+    """The family whose folder layout `folder` is in (it has the family's `folder_suffixes`
+    and the family's module claims it), or None."""
+    present = {p.suffix.lower() for p in folder.iterdir() if p.is_file()}
+    for family in FAMILIES.values():
+        if family.folder_suffixes and present.issuperset(family.folder_suffixes) and family.module().claims(folder):
+            return family
+    return None
+
+
+def _accepted_by_suffix(path: Path) -> bool:
+    """Whether a family that loads single files of this suffix says this file is its own."""
+    suffix = _suffix(path)
+    for family in FAMILIES.values():
+        accepts = getattr(family.module(), "accepts", None) if suffix in family.suffixes else None
+        if accepts is not None and accepts(path):
+            return True
+    return False
 
 
 def _family_for_file(path: Path, config: Any = None) -> Family:

@@ -27,7 +27,7 @@ Measured on a 2-core AVX-512 (Zen 4) machine, torch 2.13.0, 20 s (ours / audio-s
 v51 0.83 on 1 thread, 1.06 on 2; v5 1.01 and 0.97; max diff 4e-7. Both sides spend ~90% in the
 same torch convs (channels-last measured no faster here: 2.25 vs 2.27 s per window), so the
 ratio is parity within this machine's run-to-run noise. The tuned allocator the engine sets
-(which then also serves audio-separator in this process) is worth ~25% to both. Peak growth,
+is worth ~25% to both; the script sets it first, so that it serves both sides alike. Peak growth,
 v51, 2 threads, each side alone in a fresh process: 20 s 1435 MiB vs 1047, 60 s 1547 vs 1343:
 ours carries ~400 MiB more at 20 s (the engine's buffers under the tuned heap; our separator
 called directly peaks at 972) but grows by 2.8 MiB per second of audio against 7.4. Neither is
@@ -95,9 +95,12 @@ def main() -> None:
     import torch
 
     from procmem import reset_peak, rss_kib, trim_heap
-    from unmixcli.engine import EngineOptions, separate_tensor
+    from unmixcli.engine import EngineOptions, separate_tensor, tune_cpu_allocator
     from unmixcli.families import vr as family
 
+    # The engine tunes the allocator on its first CPU run, process-wide; done here first, both
+    # sides run under it from the start (otherwise the first reference run alone goes without).
+    tune_cpu_allocator()
     ref = reference()
     ref.spec_utils.wav_resolution = "polyphase"
     print(f"track {args.seconds:.0f} s stereo 44.1 kHz; torch {torch.__version__}; window 512, aggression 5")

@@ -499,32 +499,16 @@ def evaluate(
     if label is None:
         label = str(est_root.resolve()) if est_root is not None else "separate_fn"
     settings = {"stems": list(stems), "window": float(window), "hop": float(hop), "label": label}
-    results: List[TrackScores] = []
-    skipped: List[str] = []
-    total = len(tracks)
-    for done, track in enumerate(tracks):
-        json_path = track_dir / f"{track.name}.json"
-        previous = None if overwrite else _load_previous(json_path, settings)
-        if previous is not None:
-            results.append(previous)
-            skipped.append(track.name)
-            if progress is not None:
-                progress(done + 1, total, track.name, "skipped")
-            continue
-        if progress is not None:
-            progress(done, total, track.name, "start")
+
+    def score(track: EvalTrack) -> TrackScores:
         refs, rate = load_references(track, stems)
         if est_root is not None:
             estimates = _load_estimates(est_root / track.name, stems, refs, rate, fit_length)
         else:
             estimates = _run_separation(separate_fn, track, stems, refs, fit_length)
-        scores = score_track(track.name, refs, estimates, rate, window=float(window), hop=float(hop))
-        scores.settings = dict(settings)
-        _write_json(json_path, scores.to_json())
-        results.append(scores)
-        if progress is not None:
-            progress(done + 1, total, track.name, "scored")
+        return score_track(track.name, refs, estimates, rate, window=float(window), hop=float(hop))
 
+    results, skipped = _score_each(tracks, score, track_dir, settings, overwrite, progress)
     agg = aggregate(results, stems)
     files = _write_summaries(out, split, stems, results, agg, settings)
     return EvaluationReport(split, out, tuple(stems), results, agg, skipped, files)
@@ -769,20 +753,8 @@ def _evaluate_speech(dataset: PathLike, output_dir: PathLike, opts: EvalOptions,
     settings = {"layout": layout, "stems": list(stems), "metrics": list(SPEECH_METRICS), "label": label}
     if layout == LIBRIMIX:
         settings["mixture"] = items[0].mixture.parent.name
-    results: List[TrackScores] = []
-    skipped: List[str] = []
-    total = len(items)
-    for done, item in enumerate(items):
-        json_path = track_dir / f"{item.name}.json"
-        previous = None if opts.overwrite else _load_previous(json_path, settings, SpeechScores)
-        if previous is not None:
-            results.append(previous)
-            skipped.append(item.name)
-            if progress is not None:
-                progress(done + 1, total, item.name, "skipped")
-            continue
-        if progress is not None:
-            progress(done, total, item.name, "start")
+
+    def score(item) -> TrackScores:
         mix, rate = read_wav(item.mixture)
         refs = {}
         for stem in stems:
@@ -811,18 +783,45 @@ def _evaluate_speech(dataset: PathLike, output_dir: PathLike, opts: EvalOptions,
                                       hint=f"it produces: {', '.join(produced) or 'nothing'}")
             estimates = {s: _fit(_mono64(produced[s]), refs[s], opts.fit_length, item.mixture, f"separated '{s}'")
                          for s in stems}
-        scores = score_speech(item.name, refs, estimates, mix, rate, permute=permute)
-        scores.settings = dict(settings)
-        _write_json(json_path, scores.to_json())
-        results.append(scores)
-        if progress is not None:
-            progress(done + 1, total, item.name, "scored")
+        return score_speech(item.name, refs, estimates, mix, rate, permute=permute)
+
+    results, skipped = _score_each(items, score, track_dir, settings, opts.overwrite, progress, SpeechScores)
     agg = aggregate(results, stems, SPEECH_METRICS)
     files = _write_summaries(out, folder, stems, results, agg, settings, SPEECH_METRICS)
     return EvaluationReport(folder, out, tuple(stems), results, agg, skipped, files, layout, SPEECH_METRICS)
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _score_each(items: Sequence[Any], score: Callable[[Any], TrackScores], track_dir: Path,
+                settings: Mapping[str, Any], overwrite: bool, progress: Optional[ProgressFn],
+                cls: type = TrackScores) -> Tuple[List[TrackScores], List[str]]:
+    """Score every item (a track, a speech file) in turn, each result written to
+    <track_dir>/<name>.json as soon as it is known, so that an interrupted run resumes:
+    an item whose file exists with the same settings is read back, not scored again.
+    Returns (results in order, names of the items read back)."""
+    results: List[TrackScores] = []
+    skipped: List[str] = []
+    total = len(items)
+    for done, item in enumerate(items):
+        json_path = track_dir / f"{item.name}.json"
+        previous = None if overwrite else _load_previous(json_path, settings, cls)
+        if previous is not None:
+            results.append(previous)
+            skipped.append(item.name)
+            if progress is not None:
+                progress(done + 1, total, item.name, "skipped")
+            continue
+        if progress is not None:
+            progress(done, total, item.name, "start")
+        scores = score(item)
+        scores.settings = dict(settings)
+        _write_json(json_path, scores.to_json())
+        results.append(scores)
+        if progress is not None:
+            progress(done + 1, total, item.name, "scored")
+    return results, skipped
 
 
 def _shape(audio: np.ndarray) -> str:

@@ -144,5 +144,11 @@ def test_list_groups_models_by_purpose_within_80_columns(hf_env, monkeypatch):
     assert "karaoke (lead / backing vocals)" in titles and titles.index("speech") > titles.index("vocals / instrumental")
     karaoke = lines.index("karaoke (lead / backing vocals)")
     assert lines[karaoke + 2].startswith("bs-karaoke")
+    # Names are what -m takes: UVR's long ones (up to 26 characters) stay whole on one line.
+    from unmixcli.registry import load_registry
+
+    firsts = {line.split("  ")[0].removesuffix(" *") for line in lines}
+    long_names = [spec.name for spec in load_registry([]) if 20 < len(spec.name) <= 26]
+    assert long_names and all(name in firsts for name in long_names)
     info = json.loads(_run("models", "info", "bs-karaoke", "--json").stdout)
     assert info["purpose"] == "karaoke"

@@ -856,9 +856,15 @@ def models_list_cmd(
 
         # Grouped by what the models are for, one table per group with the same column widths,
         # 79 characters in all (the dataset of a score, quantization and licence terms are in
-        # `models info`).
-        widths = (("name", 20, "left"), ("stems", 20, "left"), ("size", 7, "right"), ("SDR", 9, "right"),
-                  ("licence", 11, "left"), ("cached", 7, "left"))
+        # `models info`). The name is what -m takes, and a name folded in two cannot be copied:
+        # the name column grows to the longest name up to 26 characters (UVR's), taking it from
+        # the stems column, which folds; a longer name still folds.
+        longest = max([len(spec.name) + 2 * (spec.name == reg.default) for spec in reg]
+                      + [len(p.name) for p in reg.ensembles.values()])
+        name_width = max(20, min(26, longest))
+        stems_width = 43 - name_width
+        widths = (("name", name_width, "left"), ("stems", stems_width, "left"), ("size", 7, "right"),
+                  ("SDR", 6, "right"), ("licence", 11, "left"), ("cached", 7, "left"))
         ordered = sorted(zip(reg, rows), key=lambda pair: list(PURPOSES).index(pair[0].purpose))
         for purpose in dict.fromkeys(spec.purpose for spec, _ in ordered):
             table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1),
@@ -875,8 +881,8 @@ def models_list_cmd(
             table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1),
                           title="ensemble presets (-m NAME runs every member, combined)", title_justify="left",
                           title_style="bold")
-            for col, width, justify in (("name", 20, "left"), ("stems", 20, "left"), ("size", 7, "right"),
-                                        ("models", 28, "left")):
+            for col, width, justify in (("name", name_width, "left"), ("stems", stems_width, "left"),
+                                        ("size", 7, "right"), ("models", 76 - name_width - stems_width - 7, "left")):
                 table.add_column(col, width=width, justify=justify, overflow="fold")
             for row in rows[len(reg):]:
                 table.add_row(row["name"], ", ".join(row["stems"]), _fmt_bytes(row["download_size"]),

@@ -293,7 +293,7 @@ class MDXNet(nn.Module):
         total = mixture.shape[-1]
         step = int((1 - overlap) * chunk)
         result = mix.new_zeros(c, total)
-        divider = mix.new_zeros(c, total)
+        divider = mix.new_zeros(1, total)  # the same for every channel
         starts = list(range(0, total, step))
         for first in range(0, len(starts), batch_size):
             group = starts[first:first + batch_size]

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import soundfile as sf
@@ -84,9 +85,14 @@ def batch(tmp_path_factory, model_dir):
 
 def test_ray_batch_matches_the_local_batch_and_a_bad_file_fails_alone(cluster, batch, model_dir):
     out = batch / "ray"
-    result = run([batch / "in", "-m", model_dir, "-o", out, "-q", "--ray", "auto", "--workers", "2", "--threads", "1"])
+    result = run([batch / "in", "-m", model_dir, "-o", out, "-q", "--ray", "auto", "--workers", "2", "--threads", "1",
+                  "--report"])
     assert result.exit_code == 1, result.output  # as the local batch: some input failed
     assert "broken.wav" in result.stderr and "error:" in result.stderr
+    # --report: one page for the whole cluster batch, written by the driver once Ray is done.
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert all(name in page for name in ("song 0", "song 1", "song 2", "broken.wav"))
+    (out / "report.html").unlink()
     # Same files, same names (the {dir} of the song in sub/ included), same bytes.
     assert tree(out) == tree(batch / "local")
     records = manifest(out)
@@ -99,6 +105,28 @@ def test_ray_batch_matches_the_local_batch_and_a_bad_file_fails_alone(cluster, b
         assert rec["duration"] > 0 and rec["seconds"] > 0
     assert records["song 1.wav"]["duration"] == pytest.approx(2.0)
 
+
+
+def test_remux_on_ray_writes_the_video_copy_as_a_local_batch_does(cluster, tmp_path, model_dir):
+    """--remux with --ray: the worker writes the video with a stem for its audio, the same bytes
+    as a local batch writes."""
+    from media import pyav_write
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(7)
+    pyav_write(inputs / "clip.mp4", (0.2 * rng.standard_normal((2, 44100))).astype(np.float32), 44100, "aac",
+               "fltp", video="mpeg4")
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    base = [inputs, "-m", model_dir, "-q", "--threads", "1", "--remux"]
+    assert run([*base, "-o", local]).exit_code == 0
+    result = run([*base, "-o", remote, "--ray", "auto"])
+    assert result.exit_code == 0, result.output
+    copies = [p for p in tree(remote) if p.endswith("clip.mp4")]
+    assert len(copies) == 1
+    with av.open(str(remote / copies[0])) as c:
+        assert len(c.streams.video) == 1 and len(c.streams.audio) == 1
+    assert tree(remote) == tree(local)
 
 def test_a_rerun_redoes_only_unfinished_tracks(cluster, batch, model_dir):
     out = batch / "resume"

@@ -210,6 +210,13 @@ def test_whole_track_through_the_engine(ref, tmp_path, monkeypatch):
     primary = sep.demix(mix.numpy().copy()) * row["compensate"]
     assert rel_err(out["vocals"].numpy(), primary) < TOL
     assert rel_err(out["instrumental"].numpy(), mix.numpy() - primary) < TOL
+    # --precision bf16 runs the network under bf16 autocast (the STFTs and the overlap-add stay
+    # float32): close to the float32 result, not equal to it; auto keeps float32.
+    bf16 = separate_tensor(bag, mix, None, EngineOptions(precision="bf16"), torch.device("cpu"))
+    err = rel_err(bf16["vocals"].numpy(), primary)
+    assert TOL < err < 3e-2, err
+    auto = separate_tensor(bag, mix, None, EngineOptions(precision="auto"), torch.device("cpu"))
+    assert rel_err(auto["vocals"].numpy(), primary) < TOL
 
 
 def test_sidecar_model_data_and_mismatch(ref, tmp_path):

@@ -270,10 +270,12 @@ class MDXNet(nn.Module):
         spec = self.spectrogram(chunk)
         # audio-separator's run_model zeroes the three lowest bins before the network.
         spec = torch.cat([torch.zeros_like(spec[:, :, :3]), spec[:, :, 3:]], dim=2)
+        # .float(): under bf16 autocast (--precision bf16) the network's output is bf16, and the
+        # inverse STFT and the overlap-add run in float32 whatever the network ran in.
         if self.denoise:
-            pred = 0.5 * self.net(spec) - 0.5 * self.net(-spec)
+            pred = 0.5 * self.net(spec).float() - 0.5 * self.net(-spec).float()
         else:
-            pred = self.net(spec)
+            pred = self.net(spec).float()
         return self.waveform(pred)
 
     @torch.no_grad()

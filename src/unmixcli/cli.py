@@ -859,8 +859,7 @@ def models_list_cmd(
         # `models info`). The name is what -m takes, and a name folded in two cannot be copied:
         # the name column grows to the longest name up to 26 characters (UVR's), taking it from
         # the stems column, which folds; a longer name still folds.
-        longest = max([len(spec.name) + 2 * (spec.name == reg.default) for spec in reg]
-                      + [len(p.name) for p in reg.ensembles.values()])
+        longest = max((len(spec.name) + 2 * (spec.name == reg.default) for spec in reg), default=0)
         name_width = max(20, min(26, longest))
         stems_width = 43 - name_width
         widths = (("name", name_width, "left"), ("stems", stems_width, "left"), ("size", 7, "right"),
@@ -881,8 +880,9 @@ def models_list_cmd(
             table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1),
                           title="ensemble presets (-m NAME runs every member, combined)", title_justify="left",
                           title_style="bold")
-            for col, width, justify in (("name", name_width, "left"), ("stems", stems_width, "left"),
-                                        ("size", 7, "right"), ("models", 76 - name_width - stems_width - 7, "left")):
+            preset_width = max([20] + [len(p.name) for p in reg.ensembles.values()])
+            for col, width, justify in (("name", preset_width, "left"), ("stems", 20, "left"), ("size", 7, "right"),
+                                        ("models", 48 - preset_width, "left")):
                 table.add_column(col, width=width, justify=justify, overflow="fold")
             for row in rows[len(reg):]:
                 table.add_row(row["name"], ", ".join(row["stems"]), _fmt_bytes(row["download_size"]),

@@ -356,10 +356,10 @@ def _rewrite(path: Path, edit) -> None:
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda s: s.pop("bn2.running_mean"), "missing bn2.running_mean"),
-    (lambda s: s.update({"fc4.weight": torch.zeros(3)}), "unexpected fc4.weight"),
+    (lambda s: s.pop("bn2.running_mean"), "1 missing key(s) (e.g. bn2.running_mean)"),
+    (lambda s: s.update({"fc4.weight": torch.zeros(3)}), "1 unexpected (e.g. fc4.weight)"),
     (lambda s: s.update({"lstm.weight_ih_l3": torch.zeros(32, 16)}), "4 LSTM layers, the config says 3"),
-    (lambda s: s.update({"lstm.weight_hh_l9": torch.zeros(32, 8)}), "unexpected lstm.weight_hh_l9"),
+    (lambda s: s.update({"lstm.weight_hh_l9": torch.zeros(32, 8)}), "1 unexpected (e.g. lstm.weight_hh_l9)"),
     (lambda s: s.update({"stft.window": torch.ones(1024)}), "n_fft 512"),
     (lambda s: s.update({"sample_rate": torch.tensor(16000.0)}), "trained at 16000 Hz"),
     (lambda s: s.update({"bn3.weight": torch.ones(7)}), "'bn3.weight' has shape (7,)"),

@@ -43,6 +43,7 @@ from ..errors import CheckpointError
 from ..models.asteroid import (DCCRN_ARCHITECTURES, DPRNN, ENCODER_ACTS, MASK_ACTS, MASK_BOUNDS, NORMS, RNN_TYPES,
                                AsteroidSeparator, DCCRNetSeparator, DPRNNArgs, TDConvNet, TDConvNetArgs)
 from ..models.bag import Contract, ModelBag
+from . import weights
 
 CHECKPOINT = "pytorch_model.bin"
 #: Seconds per engine segment (the networks take any length; this bounds memory).
@@ -221,24 +222,7 @@ def _build_dccrnet(args: Dict[str, Any], state: Mapping, path: Path,
 
 
 def _load_state(model: torch.nn.Module, state: Mapping, path: Path) -> None:
-    own = model.state_dict()
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"state_dict entry {bad[0]!r} is not a tensor", path=path, hint=_HINT)
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} weight(s), e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
-        raise CheckpointError("the state dict does not fit model_args: " + "; ".join(parts), path=path, hint=_HINT)
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise CheckpointError(f"weight {key} has shape {tuple(value.shape)}, model_args give "
-                                  f"{tuple(own[key].shape)}", path=path, hint=_HINT)
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    weights.load_strict(model, state, what="model_args", path=path, hint=_HINT)
 
 
 def load_asteroid(path: Path, *, name: Optional[str] = None, default_rate: Optional[int] = None) -> ModelBag:

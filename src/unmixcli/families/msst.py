@@ -51,7 +51,7 @@ import yaml
 
 from ..errors import CheckpointError
 from ..models.bag import Contract, ModelBag
-from . import summarise
+from . import summarise, weights
 
 # Wrappers that training scripts put around the state dict (MSST unwraps the same ones).
 _WRAPPER_KEYS = ("state", "state_dict", "model_state_dict")
@@ -277,20 +277,9 @@ def samplerate_of(config: Dict[str, Any]) -> int:
 
 
 def load_strict(model: torch.nn.Module, state: Dict[str, torch.Tensor], *, what: str, path: Any) -> None:
-    """`model.load_state_dict(state, strict=True)`, failing with one line that names the keys."""
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        expected = set(model.state_dict())
-        missing = sorted(expected - set(state))
-        unexpected = sorted(set(state) - expected)
-        if missing or unexpected:
-            detail = f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:2]) or '-'}), " \
-                     f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2]) or '-'})"
-        else:
-            detail = str(exc).splitlines()[-1].strip()
-        raise CheckpointError(f"the weights do not fit the {what} the config describes: {detail}",
-                              path=path, hint="check that the config belongs to this checkpoint") from exc
+    """The checkpoint's tensors into the network the config describes (`weights.load_strict`)."""
+    weights.load_strict(model, state, what=f"the {what} the config describes", path=path,
+                        hint="check that the config belongs to this checkpoint")
 
 
 def contract_for(config: Dict[str, Any], *, channels: int, sources, **overrides: Any) -> Contract:

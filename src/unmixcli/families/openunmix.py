@@ -52,7 +52,7 @@ import torch
 from ..errors import CheckpointError, UsageError
 from ..models.bag import Contract, ModelBag
 from ..models.openunmix import OpenUnmix, UmxSeparator, bandwidth_to_max_bin
-from . import summarise
+from . import summarise, weights
 
 #: Seconds per forward. The BLSTM sees the whole segment and the Wiener filter works on
 #: ~7 s windows (300 frames of 1024 samples), so 30 s keeps far more context than the
@@ -261,22 +261,7 @@ def _build_network(state: Dict[str, torch.Tensor], path: Path, *, n_fft: int, nb
                               f"the config says unidirectional: {bool(unidirectional)}", path=path)
     net = OpenUnmix(nb_bins=nb_bins, nb_channels=nb_channels, hidden_size=hidden_size,
                     nb_layers=found_layers or (nb_layers or 3), unidirectional=found_uni, max_bin=found_bins)
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {summarise(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {summarise(unexpected)}")
-        raise CheckpointError("the state dict does not fit an Open-Unmix network: " + "; ".join(parts), path=path)
-    wrong = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointError(f"'{k}' has shape {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}",
-                              path=path)
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    weights.load_strict(net, state, what="an Open-Unmix network", path=path)
     return net.eval()
 
 

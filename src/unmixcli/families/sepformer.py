@@ -44,6 +44,7 @@ from ..errors import CheckpointError
 from ..models.bag import Contract, ModelBag
 from ..models.sepformer import (POS_MAX_LEN, MaskNet, MaskNetArgs, SepDecoder, SepEncoder, SepFormer,
                                 TransformerArgs)
+from . import weights
 
 HYPERPARAMS = "hyperparams.yaml"
 MODULES = ("encoder", "masknet", "decoder")
@@ -329,18 +330,7 @@ def _read_state(path: Path) -> Mapping:
 
 
 def _load_state(module: torch.nn.Module, state: Mapping, path: Path) -> None:
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        parts = ([f"missing {len(missing)} weight(s), e.g. {missing[0]}"] if missing else []) + \
-                ([f"{len(unexpected)} unexpected, e.g. {unexpected[0]}"] if unexpected else [])
-        raise CheckpointError("the weights do not fit hyperparams.yaml: " + "; ".join(parts), path=path, hint=_HINT)
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise CheckpointError(f"weight {key} has shape {tuple(value.shape)}, hyperparams.yaml gives "
-                                  f"{tuple(own[key].shape)}", path=path, hint=_HINT)
-    module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    weights.load_strict(module, state, what="hyperparams.yaml", path=path, hint=_HINT)
 
 
 def load_sepformer(folder: Path, *, name: Optional[str] = None) -> ModelBag:

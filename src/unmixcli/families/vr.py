@@ -52,6 +52,7 @@ from ..errors import CheckpointError
 from ..models.bag import Contract, ModelBag
 from ..models.vr import CascadedASPPNet, CascadedNet, ModelParams, VROptions, VRSeparator
 from .mdxnet import uvr_hash
+from . import weights
 
 #: Seconds per engine segment: every track up to this long is processed whole, as the reference does.
 SEGMENT = 1200.0
@@ -265,13 +266,8 @@ def network_from_state(state: Mapping, bins: int, path: Any = None) -> Tuple[tor
     else:
         raise CheckpointError("not a UVR VR-architecture state dict (no stg1_low_band_net keys)", path=path,
                               hint="a UVR VR-architecture .pth file")
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise CheckpointError(f"the state dict does not fit a {about.split(',')[0]} ({detail[:200]})", path=path,
-                              hint="a UVR VR-architecture .pth file, unmodified") from exc
+    weights.load_strict(net, state, what=f"a {about.split(',')[0]}", path=path,
+                        hint="a UVR VR-architecture .pth file, unmodified")
     return net.eval(), about
 
 

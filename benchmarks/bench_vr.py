@@ -24,14 +24,15 @@ is the spectrograms of the track, not the network).
     python benchmarks/bench_vr.py --arch v51 --seconds 60 --threads 2
 
 Measured on a 2-core AVX-512 (Zen 4) machine, torch 2.13.0, 20 s (ours / audio-separator):
-v51 0.83 on 1 thread, 1.06 on 2; v5 1.01 and 0.97; max diff 4e-7. Both sides spend ~90% in the
-same torch convs (channels-last measured no faster here: 2.25 vs 2.27 s per window), so the
-ratio is parity within this machine's run-to-run noise. The tuned allocator the engine sets
-is worth ~25% to both; the script sets it first, so that it serves both sides alike. Peak growth,
-v51, 2 threads, each side alone in a fresh process: 20 s 1435 MiB vs 1047, 60 s 1547 vs 1343:
-ours carries ~400 MiB more at 20 s (the engine's buffers under the tuned heap; our separator
-called directly peaks at 972) but grows by 2.8 MiB per second of audio against 7.4. Neither is
-flat: both process the track in one piece (ours up to SEGMENT = 1200 s, then in parts).
+v51 1.00 on 1 thread, 0.97 on 2; v5 1.01 and 1.07; max diff 3.9e-7. Both sides spend ~90% in the
+same torch convs (channels-last measured no faster: 2.25 vs 2.27 s per window), so the ratio is
+parity within this machine's run-to-run noise. The tuned allocator the engine sets is worth ~25%
+to both; the script sets it first, so that it serves both sides alike. Peak growth in that run:
+v51 1128 / 1443 MiB (1 / 2 threads) vs 1143 / 1082, v5 2288 / 2396 vs 2083 / 1859; under the
+tuned heap these move by +-200 MiB from run to run. v51, 2 threads, each side alone in a fresh
+process: 20 s 1435 MiB vs 1047, 60 s 1547 vs 1343: ours grows by 2.8 MiB per second of audio
+against 7.4. Neither is flat: both process the track in one piece (ours up to SEGMENT = 1200 s,
+then in parts).
 
 Needs the test oracle: pip install --no-deps audio-separator==0.47.1 (and librosa).
 """

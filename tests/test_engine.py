@@ -20,6 +20,7 @@ from unmixcli.engine import (
     resolve_device,
     separate_stream,
     separate_tensor,
+    triangle_window,
 )
 from unmixcli import engine
 from unmixcli.errors import DeviceError, UsageError
@@ -267,6 +268,27 @@ def test_windows_are_pluggable_by_name():
     fade = WINDOWS["fade"](20, True, False)
     assert fade[0] == 1 and fade[-1] == 0
 
+
+
+def test_segments_without_overlap_build_no_window_of_the_whole_segment(monkeypatch):
+    """UVR's models ask for 1200 s segments and no overlap: the blend must neither build a
+    triangle of the whole segment (0.85 GB while built, for a song of any length) nor change a
+    sample (every sample has one segment's weight)."""
+    built = []
+
+    def triangle(length, first, last):
+        built.append(length)
+        return triangle_window(length, first, last)
+
+    monkeypatch.setitem(WINDOWS, "triangle", triangle)
+    mix = _noise(2, 1003)
+    bag = ModelBag.single(Identity(segment=1200.0, gain=0.37), normalize=False)
+    out = separate_tensor(bag, mix, None, EngineOptions(overlap=0.0), CPU)
+    assert built == []
+    assert torch.equal(out["a"], 0.37 * mix)
+    separate_tensor(ModelBag.single(Identity(segment=2.0), normalize=False), mix, None,
+                    EngineOptions(overlap=0.25), CPU)
+    assert built  # with overlap the window is built as before
 
 # ----------------------------------------------------------------------------- parity with demucs
 

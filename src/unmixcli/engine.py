@@ -466,6 +466,12 @@ class _Plan:
         return int(self.context(n)) if self.context is not None else n
 
     def window_for(self, n: int, first: bool, last: bool, cache: dict) -> Tensor:
+        if self.window == "triangle" and self.stride >= self.segment_length:
+            # Segments that do not overlap: each sample has one segment's weight, which the blend
+            # divides out again, and the triangle has no zeros, so ones give the same blend while
+            # sparing a window of the whole segment (1200 s for UVR's models: 200 MB kept, 0.85 GB
+            # while it is built, per track).
+            return torch.ones(n)
         key = (first, last)
         if key not in cache:
             cache[key] = WINDOWS[self.window](self.segment_length, first, last)

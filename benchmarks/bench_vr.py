@@ -27,12 +27,13 @@ Measured on a 2-core AVX-512 (Zen 4) machine, torch 2.13.0, 20 s (ours / audio-s
 v51 1.00 on 1 thread, 0.97 on 2; v5 1.01 and 1.07; max diff 3.9e-7. Both sides spend ~90% in the
 same torch convs (channels-last measured no faster: 2.25 vs 2.27 s per window), so the ratio is
 parity within this machine's run-to-run noise. The tuned allocator the engine sets is worth ~25%
-to both; the script sets it first, so that it serves both sides alike. Peak growth in that run:
-v51 1128 / 1443 MiB (1 / 2 threads) vs 1143 / 1082, v5 2288 / 2396 vs 2083 / 1859; under the
-tuned heap these move by +-200 MiB from run to run. v51, 2 threads, each side alone in a fresh
-process: 20 s 1435 MiB vs 1047, 60 s 1547 vs 1343: ours grows by 2.8 MiB per second of audio
-against 7.4. Neither is flat: both process the track in one piece (ours up to SEGMENT = 1200 s,
-then in parts).
+to both; the script sets it first, so that it serves both sides alike. Peak growth (2 threads,
+after the engine stopped building a window of the whole 1200 s segment): v51 1075 MiB vs 1119,
+v5 1428 vs 1629; under the tuned heap these move by +-200 MiB from run to run. v51, 2 threads,
+each side alone in a fresh process, ours then also dropping each whole-track spectrogram once
+used: 20 s 1278 MiB vs 1047, 60 s 1286 vs 1343, 120 s 1648 vs 1463. Neither is flat: both
+process the track in one piece (ours up to SEGMENT = 1200 s, then in parts), a few MiB per
+second of audio.
 
 Needs the test oracle: pip install --no-deps audio-separator==0.47.1 (and librosa).
 """

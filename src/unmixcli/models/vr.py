@@ -785,17 +785,18 @@ class VRSeparator(nn.Module):
     def separate(self, wave: Tensor) -> Tuple[Tensor, Tensor]:
         """[2, T] -> (primary, secondary), each [2, T'] at the model's rate (T' from the STFTs)."""
         spec, high_end, high_h = self.analyse(wave)
-        mag, phase = spec.abs(), spec.angle()
+        mag = spec.abs()
+        rot = torch.exp(1j * spec.angle())
+        del spec  # whole-track tensors are dropped as soon as they are used: the peak grows with the track
         mask = self.mask(mag)
-        rot = torch.exp(1j * phase)
-        y = torch.nan_to_num(mask * mag * rot, nan=0.0, posinf=0.0, neginf=0.0)
-        v = torch.nan_to_num((1 - mask) * mag * rot, nan=0.0, posinf=0.0, neginf=0.0)
         outs = []
-        for s in (y, v):
+        for gain in (lambda: mask, lambda: 1 - mask):  # the primary stem, then its complement, one at a time
+            stem = torch.nan_to_num(gain() * mag * rot, nan=0.0, posinf=0.0, neginf=0.0)
             if high_end is not None and high_h:
-                outs.append(self.synthesise(s, self.mirror_high_end(s, high_end), high_h))
+                outs.append(self.synthesise(stem, self.mirror_high_end(stem, high_end), high_h))
             else:
-                outs.append(self.synthesise(s))
+                outs.append(self.synthesise(stem))
+            del stem
         return outs[0], outs[1]
 
     @torch.no_grad()

@@ -254,10 +254,14 @@ def infer_config(layers: List[_Layer], path: Path) -> ConvTDFConfig:
         raise CheckpointError(str(exc), path=path, hint=bad) from exc
 
 
-def _put(param: torch.Tensor, value: np.ndarray, where: str, path: Path) -> None:
+def _check_shape(param: torch.Tensor, value: np.ndarray, where: str, path: Path) -> None:
     if tuple(param.shape) != tuple(value.shape):
         raise CheckpointError(f"{where}: a tensor of shape {tuple(value.shape)} where the network has "
                               f"{tuple(param.shape)}", path=path, hint="not an MDX-Net (ConvTDFNet) export")
+
+
+def _put(param: torch.Tensor, value: np.ndarray, where: str, path: Path) -> None:
+    _check_shape(param, value, where, path)
     with torch.no_grad():
         param.copy_(torch.from_numpy(np.array(value, dtype=np.float32)))  # a copy: onnx arrays are read-only
 
@@ -298,13 +302,14 @@ def load_network(path: Path) -> Tuple[ConvTDFNet, Tuple[Optional[int], ...]]:
                                   hint="not an MDX-Net (ConvTDFNet) export")
         if layer.bias is not None and expected == "linear" and not slot.has_bias:
             raise CheckpointError(f"{where}: a bias where the network has none", path=path)
-        _put(module.weight, layer.weight, where, path)  # checks the shape before folding
+        _check_shape(module.weight, layer.weight, where, path)  # before folding, which broadcasts
         out = module.weight.shape[1 if expected == "convT" else 0]
         bias = np.zeros(out) if layer.bias is None else np.asarray(layer.bias, np.float64).reshape(-1)
         if bias.shape != (out,):
             raise CheckpointError(f"{where}: a bias of {bias.size} values for {out} outputs", path=path,
                                   hint="not an MDX-Net (ConvTDFNet) export")
         if expected == "linear":
+            _put(slot.weight, layer.weight, where, path)
             scale, shift = _affine(layer, slot.scale.shape[0], where, path)
             _put(slot.scale, scale, f"{where}'s norm", path)
             _put(slot.shift_t, shift[None, :] + bias[:, None] * scale[None, :], f"{where}'s norm", path)

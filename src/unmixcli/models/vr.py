@@ -790,13 +790,14 @@ class VRSeparator(nn.Module):
         del spec  # whole-track tensors are dropped as soon as they are used: the peak grows with the track
         mask = self.mask(mag)
         outs = []
-        for gain in (lambda: mask, lambda: 1 - mask):  # the primary stem, then its complement, one at a time
-            stem = torch.nan_to_num(gain() * mag * rot, nan=0.0, posinf=0.0, neginf=0.0)
+        for primary in (True, False):  # the primary stem, then its complement, one at a time
+            gain = mask if primary else 1 - mask
+            stem = torch.nan_to_num(gain * mag * rot, nan=0.0, posinf=0.0, neginf=0.0)
             if high_end is not None and high_h:
                 outs.append(self.synthesise(stem, self.mirror_high_end(stem, high_end), high_h))
             else:
                 outs.append(self.synthesise(stem))
-            del stem
+            del stem, gain
         return outs[0], outs[1]
 
     @torch.no_grad()

@@ -337,11 +337,13 @@ def load_local(path: Union[str, os.PathLike], *, stems: Stems = None, **family_o
         if owner is not None:
             return owner.module().load_local(target, stems, **family_options)
         target = _pick_in_folder(target)
-    elif family_options.get("config") is None and not _is_descriptor(target) and not _accepted_by_suffix(target):
+    elif family_options.get("config") is None:
         # One file of a folder layout (SpeechBrain's hyperparams.yaml, an Open-Unmix target's
         # .json): its suffix would route it to another family, so load the folder it is part of.
+        # The folder test comes first: it is cheap, asking the suffix's families may read the file.
         owner = _folder_family(target.parent)
-        if owner is not None and _suffix(target) in owner.folder_suffixes:
+        if (owner is not None and _suffix(target) in owner.folder_suffixes and not _is_descriptor(target)
+                and not _accepted_by_suffix(target)):
             return owner.module().load_local(target.parent, stems, **family_options)
     config = family_options.get("config")
     if config is not None and not Path(config).is_file():

@@ -237,6 +237,11 @@ def test_sidecar_model_data_and_mismatch(ref, tmp_path):
     side.write_text('{"compensate": 1.0}')
     with pytest.raises(CheckpointError, match="lacks mdx_dim_f_set"):
         family.load_local(path)
+    # An n_fft no longer than UVR's hop of 1024 leaves samples no window covers (no inverse STFT).
+    side.write_text('{"compensate": 1.0, "mdx_dim_f_set": 64, "mdx_dim_t_set": 4, '
+                    '"mdx_n_fft_scale_set": 1024, "primary_stem": "Vocals"}')
+    with pytest.raises(CheckpointError, match="n_fft 1024 must exceed the hop"):
+        family.load_local(path)
 
 
 def test_registry_entry_config(ref, tmp_path):

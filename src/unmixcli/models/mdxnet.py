@@ -235,6 +235,9 @@ class MDXNet(nn.Module):
         super().__init__()
         if dim_f > n_fft // 2 + 1:
             raise ValueError(f"dim_f {dim_f} exceeds the {n_fft // 2 + 1} bins of an {n_fft}-point STFT")
+        if n_fft <= hop:
+            # The Hann windows would leave a sample of each frame uncovered: no inverse STFT.
+            raise ValueError(f"n_fft {n_fft} must exceed the hop of {hop} samples")
         self.net = net
         self.n_fft, self.hop, self.dim_f, self.dim_t = n_fft, hop, dim_f, dim_t
         self.channels = channels
